@@ -64,7 +64,8 @@ def _iso_seconds(timestamp: float) -> str:
 # --- buckets -----------------------------------------------------------------------------------
 
 def list_buckets(call: Call) -> Response:
-    directory = call.query.get("x-id") == "ListDirectoryBuckets"
+    # ListDirectoryBuckets is also `GET /`, sent to the control endpoint and signed for s3express.
+    directory = call.query.get("x-id") == "ListDirectoryBuckets" or call.caller.credential.service == "s3express"
     buckets = [b for b in call.store.list_buckets() if b.directory == directory]
     items = "".join("<Bucket>" + element("Name", b.name) + element("CreationDate", iso8601(b.created))
                     + (element("BucketRegion", b.region)) + "</Bucket>" for b in buckets)

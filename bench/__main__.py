@@ -1,0 +1,22 @@
+"""``./dev bench [NAME ...]``: run benchmarks (default: all)."""
+
+from __future__ import annotations
+
+import argparse
+
+from bench import localzone
+
+SUITES = {"localzone": localzone.main}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="./dev bench", description=__doc__)
+    parser.add_argument("suites", nargs="*", choices=[*SUITES, []], default=[], help="which benchmarks (default: all)")
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = parser.parse_args()
+    for name in args.suites or list(SUITES):
+        SUITES[name](quick=args.quick)
+    return 0
+
+
+raise SystemExit(main())
