@@ -123,6 +123,8 @@ def read_request(rfile: BinaryIO, client: str) -> Request | None:
         name = name.lower()
         value = value.strip()
         headers[name] = f"{headers[name]},{value}" if name in headers else value
+    if "content-length" in headers:
+        headers["content-length"] = _single_content_length(headers["content-length"])
     path, _, query = target.partition("?")
     if not path.startswith("/"):
         if path.startswith("http://") or path.startswith("https://"):  # absolute-form target
@@ -130,6 +132,16 @@ def read_request(rfile: BinaryIO, client: str) -> Request | None:
         else:
             raise BadRequest("request target must start with '/'")
     return Request(method, target, path, query, version, headers, client)
+
+
+def _single_content_length(value: str) -> str:
+    """RFC 9112 6.3: a Content-Length repeated with one same value (several header lines, or a
+    list) stands for that value; S3 accepts it (rclone's presigned PUTs arrive so), and
+    SigV4 then signs the single value. Differing values are an unrecoverable framing error."""
+    values = {part.strip() for part in value.split(",")}
+    if len(values) != 1:
+        raise BadRequest("conflicting Content-Length values")
+    return values.pop()
 
 
 def http_date(timestamp: float | None = None) -> str:
