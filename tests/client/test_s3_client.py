@@ -1,0 +1,273 @@
+"""The boto3 ObjectClient and its SessionManager against s3xfs-localzone (short session lifetimes)."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+
+import pytest
+import trio
+
+from s3xfs.client import errors
+from s3xfs.client.naming import parse_bucket_name
+from s3xfs.client.retry import RetryPolicy
+from s3xfs.client.s3 import ClientOptions, open_client
+from tests.support.localzone import DIRECTORY_BUCKET, GENERAL_BUCKET, REGION, LocalZone
+
+
+def options(server: LocalZone, **kwargs) -> ClientOptions:
+    return ClientOptions(region=REGION, endpoint_url=server.url, **kwargs)
+
+
+def bucket(name: str = DIRECTORY_BUCKET):
+    return parse_bucket_name(name)
+
+
+def test_object_operations_round_trip(localzone: LocalZone):
+    async def main():
+        async with open_client(bucket(), options(localzone)) as client:
+            put = await client.put("c/a b%+.txt", b"hello world")
+            info = await client.head("c/a b%+.txt")
+            assert (info.size, info.etag) == (11, put.etag)
+            assert await client.get_range("c/a b%+.txt", 6, 5, if_match=put.etag) == b"world"
+            assert await client.get_range("c/a b%+.txt", 11, 5) == b""  # past the end: a short read
+            chunks = [c async for c in client.iter_range("c/a b%+.txt", 0, 11, chunk_size=4)]
+            assert chunks == [b"hell", b"o wo", b"rld"]
+            await client.append("c/a b%+.txt", b"!", offset=11)
+            with pytest.raises(errors.PreconditionFailed):
+                await client.get_range("c/a b%+.txt", 0, 5, if_match=put.etag)  # pinned to the old ETag
+            await client.rename("c/a b%+.txt", "c/renamed 100%.txt")
+            assert (await client.head("c/renamed 100%.txt")).size == 12
+            with pytest.raises(errors.NotFound):
+                await client.head("c/a b%+.txt")
+            with pytest.raises(errors.PreconditionFailed):
+                await client.put("c/renamed 100%.txt", b"x", if_none_match=True)
+            names = [o.key async for page in client.list("c/") for o in page.objects]
+            assert names == ["c/renamed 100%.txt"]
+            await client.delete("c/renamed 100%.txt")
+            with pytest.raises(errors.NotFound):
+                await client.head("c/renamed 100%.txt")
+
+    trio.run(main)
+
+
+def test_multipart_and_copy(localzone: LocalZone):
+    async def main():
+        async with open_client(bucket(), options(localzone)) as client:
+            upload = await client.create_multipart("mp/file")
+            part1 = bytes(5 * 1024 * 1024)
+            etags = [(1, await client.upload_part("mp/file", upload, 1, part1)),
+                     (2, await client.upload_part("mp/file", upload, 2, b"tail"))]
+            result = await client.complete_multipart("mp/file", upload, etags)
+            assert result.size == len(part1) + 4
+            copied = await client.copy("mp/file", "mp/copy")
+            assert copied.size == result.size
+            failures = await client.delete_many(["mp/file", "mp/copy"])
+            assert failures == []
+
+    trio.run(main)
+
+
+def test_general_purpose_bucket_uses_plain_sigv4(localzone: LocalZone):
+    async def main():
+        before = localzone.stats()["sessions"]
+        async with open_client(bucket(GENERAL_BUCKET), options(localzone)) as client:
+            assert client.sessions is None
+            await client.put("gp/x", b"1")
+            assert await client.get_range("gp/x", 0, 1) == b"1"
+        assert localzone.stats()["sessions"] == before
+
+    trio.run(main)
+
+
+def test_concurrent_first_requests_make_one_create_session(localzone_factory):
+    server = localzone_factory("--bucket", DIRECTORY_BUCKET)
+
+    async def main():
+        async with open_client(bucket(), options(server)) as client:
+            server.reset_stats()  # the refresher may already have started: count from here
+            async with trio.open_nursery() as nursery:
+                for n in range(32):
+                    nursery.start_soon(client.put, f"first/{n}", b"x")
+            assert client.sessions.stats.created == 1
+
+    trio.run(main)
+    stats = server.stats()
+    assert stats["requests"]["PutObject"] == 32
+    assert stats["sessions"]["ReadWrite"] + stats["sessions"]["ReadOnly"] <= 1
+    assert stats["requests"].get("CreateSession", 0) + 0 == stats["sessions"]["ReadWrite"] + stats["sessions"]["ReadOnly"]
+
+
+def test_sessions_come_only_from_s3xfs_with_the_mode_asked(localzone_factory):
+    """Fails loudly if botocore stops consulting the identity we install (its internals changed)."""
+    server = localzone_factory("--bucket", DIRECTORY_BUCKET)
+
+    async def main():
+        async with open_client(bucket(), options(server, read_only=True)) as client:
+            await client.probe()
+            for _ in range(5):
+                with pytest.raises(errors.NotFound):
+                    await client.head("absent")
+            return client.sessions.stats.created
+
+    created = trio.run(main)
+    stats = server.stats()
+    assert stats["sessions"] == {"ReadOnly": created, "ReadWrite": 0}
+    assert stats["requests"]["CreateSession"] == created == 1
+
+
+def test_read_only_client_sends_no_mutating_request(localzone_factory):
+    server = localzone_factory("--bucket", DIRECTORY_BUCKET)
+    writer = server.client()
+    writer.put_object(Bucket=DIRECTORY_BUCKET, Key="ro/data", Body=b"dataset")
+    server.reset_stats()
+
+    async def main():
+        async with open_client(bucket(), options(server, read_only=True)) as client:
+            assert await client.get_range("ro/data", 0, 7) == b"dataset"
+            _ = [p async for p in client.list("ro/")]
+            await client.head("ro/data")
+            for write in (client.put("ro/x", b"1"), client.delete("ro/data"), client.rename("ro/data", "ro/y"),
+                          client.append("ro/data", b"1", offset=7), client.create_multipart("ro/z")):
+                with pytest.raises(errors.ReadOnly):
+                    await write
+
+    trio.run(main)
+    stats = server.stats()
+    assert stats["sessions"]["ReadWrite"] == 0 and stats["sessions"]["ReadOnly"] >= 1
+    assert stats["mutating_requests"] == 0
+
+
+def test_early_expiry_is_recovered_with_one_retry(localzone_factory):
+    server = localzone_factory("--bucket", DIRECTORY_BUCKET)
+
+    async def main():
+        async with open_client(bucket(), options(server)) as client:
+            await client.put("exp/a", b"1")
+            assert server.expire_sessions() >= 1
+            assert await client.get_range("exp/a", 0, 1) == b"1"  # ExpiredToken -> new session -> retried
+            assert client.sessions.stats.invalidations == 1
+            assert client.sessions.stats.created == 2
+
+    trio.run(main)
+    assert server.stats()["errors"].get("ExpiredToken") == 1
+
+
+def test_injected_premature_expiry_never_surfaces(localzone_factory):
+    server = localzone_factory("--bucket", DIRECTORY_BUCKET, "--fault-expire-token", "0.1", "--fault-seed", "7")
+
+    async def main():
+        async with open_client(bucket(), options(server)) as client:
+            for n in range(60):
+                await client.put(f"fx/{n}", b"x")
+                assert await client.get_range(f"fx/{n}", 0, 1) == b"x"
+
+    trio.run(main)
+    assert server.stats()["errors"].get("ExpiredToken", 0) > 0
+
+
+def test_read_only_principal_gets_an_actionable_error_for_read_write(localzone_factory, tmp_path):
+    users = tmp_path / "users.json"
+    users.write_text(json.dumps({"principals": [{
+        "name": "reader", "access_key": "AKIAIOSFODNN7EXAMPLE", "secret_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "buckets": {DIRECTORY_BUCKET: ["ReadOnly"]}}]}))
+    server = localzone_factory("--bucket", DIRECTORY_BUCKET, "--users", str(users))
+
+    async def main(read_only: bool):
+        async with open_client(bucket(), options(server, read_only=read_only)) as client:
+            await client.probe()
+
+    with pytest.raises(errors.SessionUnavailable) as excinfo:
+        trio.run(main, False)
+    message = str(excinfo.value)
+    assert "may not create a ReadWrite session" in message and "--read-only" in message
+    assert excinfo.value.errno == 13  # EACCES
+    trio.run(main, True)  # the same principal, read-only: works
+
+
+def test_outage_fails_fast_and_recovers_without_a_new_client(tmp_path, localzone_factory):
+    root = tmp_path / "root"
+    server = localzone_factory("--bucket", DIRECTORY_BUCKET, root=root)
+    port = server.port
+    policy = RetryPolicy(max_attempts=4, max_elapsed=3.0)
+
+    async def main():
+        async with open_client(bucket(), options(server, retry=policy)) as client:
+            await client.put("out/a", b"before")
+            server.stop()
+            outage_started = time.monotonic()
+            failures = 0
+            while time.monotonic() - outage_started < 10:
+                began = time.monotonic()
+                with pytest.raises((errors.Unavailable, errors.SessionUnavailable)) as excinfo:
+                    await client.get_range("out/a", 0, 6)
+                assert time.monotonic() - began < 8, "an operation hung during the outage"
+                assert "out/a" in str(excinfo.value) or "CreateSession" in str(excinfo.value) or excinfo.value.errno == 5
+                failures += 1
+                await trio.sleep(0.5)
+            assert failures >= 2
+            # Back on the same port and root: sessions are gone, the client recovers by itself.
+            restarted = localzone_factory("--bucket", DIRECTORY_BUCKET, "--port", str(port), root=root,
+                                          workdir=tmp_path)
+            assert restarted.port == port
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    assert await client.get_range("out/a", 0, 6) == b"before"
+                    break
+                except (errors.Unavailable, errors.SessionUnavailable):
+                    assert time.monotonic() < deadline, "the client did not recover"
+                    await trio.sleep(0.2)
+
+    trio.run(main)
+
+
+@pytest.mark.slow
+def test_sixty_seconds_of_two_second_sessions_without_a_failed_operation(localzone_factory):
+    server = localzone_factory("--bucket", DIRECTORY_BUCKET, "--session-ttl", "2")
+    duration = 60.0
+    failures: list[str] = []
+    done = [0]
+
+    async def worker(client, n: int) -> None:
+        rng = random.Random(n)
+        deadline = trio.current_time() + duration
+        while trio.current_time() < deadline:
+            key = f"mix/{n}/{rng.randrange(20)}"
+            try:
+                choice = rng.random()
+                if choice < 0.35:
+                    await client.put(key, key.encode())
+                elif choice < 0.7:
+                    try:
+                        assert await client.get_range(key, 0, 100) == key.encode()
+                    except errors.NotFound:
+                        pass
+                elif choice < 0.85:
+                    _ = [p async for p in client.list(f"mix/{n}/")]
+                else:
+                    await client.delete(key)
+                done[0] += 1
+            except Exception as exc:  # noqa: BLE001 - every failure counts
+                failures.append(f"{type(exc).__name__}: {exc}")
+            await trio.sleep(rng.uniform(0, 0.02))
+
+    async def main():
+        async with open_client(bucket(), options(server)) as client:
+            started = time.monotonic()
+            async with trio.open_nursery() as nursery:
+                for n in range(4):
+                    nursery.start_soon(worker, client, n)
+            return client.sessions.stats.snapshot(), time.monotonic() - started
+
+    stats, elapsed = trio.run(main)
+    created = server.stats()["sessions"]["ReadWrite"]
+    print(f"\n[sessions] {done[0]} operations in {elapsed:.0f} s, {created} CreateSession, "
+          f"refresh latency mean {stats['latency_mean'] * 1000:.1f} ms max {stats['latency_max'] * 1000:.1f} ms")
+    assert failures == []
+    assert created == stats["created"]  # no session came from anywhere else
+    # Lifetimes are 1-2 s as seen by the client (Expiration has whole seconds); a refresh happens
+    # when half the lifetime (plus up to 10% jitter) remains: one session per 0.4-1.0 s.
+    assert elapsed / 1.0 * 0.9 <= created <= elapsed / 0.4 * 1.1
+    assert server.stats()["errors"].get("ExpiredToken", 0) == 0
