@@ -49,6 +49,7 @@ class Authenticator:
         self._faults = faults
 
     def authenticate(self, request: Request, bucket: str | None, directory: bool, operation: str) -> Caller:
+        """Who signed the request (signature, time, scope and token checked); see :meth:`authorize`."""
         view = sigv4.RequestView(request.method, request.raw_path, request.raw_query, request.headers)
         credential = sigv4.parse_authorization(view)
         if credential is None:
@@ -58,21 +59,27 @@ class Authenticator:
         if credential.session_token is not None:
             session = self._session(credential, bucket, directory, operation)
             key = sigv4.verify(view, credential, session.secret_key)
-            self._authorize_session(session, operation)
             return Caller(session.principal, session, credential, key)
         principal = self._principals.get(credential.access_key)
         if principal is None:
             raise errors.S3Error(403, "InvalidAccessKeyId", "The AWS Access Key Id you provided does not exist in our records.",
                                  {"AWSAccessKeyId": credential.access_key})
         key = sigv4.verify(view, credential, principal.secret_key)
+        return Caller(principal, None, credential, key)
+
+    def authorize(self, caller: Caller, bucket: str | None, directory: bool, operation: str) -> None:
+        """May this authenticated caller do ``operation``? (Separate so that a denial is logged
+        with the caller's credential kind.)"""
+        if caller.session is not None:
+            self._authorize_session(caller.session, operation)
+            return
         if directory and operation not in IAM_SIGNED and operation not in CONTROL_PLANE:
             raise errors.access_denied(
                 f"{operation} on a directory bucket must be signed with CreateSession credentials "
                 "(x-amz-s3session-token); call CreateSession first."
             )
         if bucket is not None and operation not in ("CreateSession", "ListBuckets"):
-            self.authorize_principal(principal, bucket, operation in MUTATING_OPERATIONS)
-        return Caller(principal, None, credential, key)
+            self.authorize_principal(caller.principal, bucket, operation in MUTATING_OPERATIONS)
 
     @staticmethod
     def authorize_principal(principal: Principal, bucket: str, write: bool) -> None:

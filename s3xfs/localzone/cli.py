@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import shutil
 import signal
+import sqlite3
 import sys
 import tempfile
 from pathlib import Path
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from .faults import FaultConfig
 from .names import bucket_name_problem
@@ -29,11 +31,20 @@ def _rate(text: str) -> float:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr (``--help`` has the rest), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _non_negative(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text} must not be negative")
     return value
@@ -60,7 +71,7 @@ def _bucket(text: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="s3xfs-localzone",
         description="A local S3 Express One Zone zonal endpoint: CreateSession, session tokens, directory-bucket "
                     "rules, append and RenameObject, with SigV4 verification and fault injection.",
@@ -116,46 +127,54 @@ def main(argv: list[str] | None = None) -> int:
             default_principal(args.access_key or DEFAULT_ACCESS_KEY, args.secret_key or DEFAULT_SECRET_KEY)]
     except UsersFileError as exc:
         parser.exit(2, f"s3xfs-localzone: error: {exc}\n")
-    temporary = args.root is None
-    root = Path(tempfile.mkdtemp(prefix="s3xfs-localzone-")) if temporary else args.root
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        access_log = _open_access_log(args.access_log)
-    except OSError as exc:
-        parser.exit(2, f"s3xfs-localzone: error: {exc}\n")
-    faults = FaultConfig(slowdown_rate=args.fault_slowdown, internal_error_rate=args.fault_internal_error,
-                         drop_rate=args.fault_drop, expire_token_rate=args.fault_expire_token,
-                         latency_ms=args.latency_ms, latency_jitter_ms=args.latency_jitter_ms)
-    settings = Settings(root=root, host=args.host, port=args.port, region=args.region, buckets=args.bucket,
-                        principals=principals, session_ttl=args.session_ttl, faults=faults, fault_seed=args.fault_seed,
-                        access_log=access_log, fsync=args.fsync)
-    try:
-        server = LocalZone(settings)
-        host, port = server.bind()
-    except OSError as exc:
-        parser.exit(2, f"s3xfs-localzone: error: cannot listen on {args.host}:{args.port}: {exc.strerror}\n")
-    print(LISTENING.format(host=host, port=port), flush=True)
-    if args.users:
-        print(f"principals: {len(principals)} from {args.users}")
-    else:
-        print(f"access key: {principals[0].access_key}")
-        print(f"secret key: {principals[0].secret_key}")
-    print(f"region: {args.region}")
-    print(f"root: {root}{' (temporary)' if temporary else ''}")
-    for name in args.bucket:
-        print(f"bucket: {name}")
-    sys.stdout.flush()
 
     def stop(signum: int, _frame: object) -> None:
         raise KeyboardInterrupt
 
+    # From here on SIGTERM, like Ctrl-C, unwinds through the finally below: exit 0, temporary root removed.
     signal.signal(signal.SIGTERM, stop)
+    temporary = args.root is None
+    root = Path(tempfile.mkdtemp(prefix="s3xfs-localzone-")) if temporary else args.root
+    server: LocalZone | None = None
     try:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            access_log = _open_access_log(args.access_log)
+        except OSError as exc:
+            parser.exit(2, f"s3xfs-localzone: error: {exc}\n")
+        faults = FaultConfig(slowdown_rate=args.fault_slowdown, internal_error_rate=args.fault_internal_error,
+                             drop_rate=args.fault_drop, expire_token_rate=args.fault_expire_token,
+                             latency_ms=args.latency_ms, latency_jitter_ms=args.latency_jitter_ms)
+        settings = Settings(root=root, host=args.host, port=args.port, region=args.region, buckets=args.bucket,
+                            principals=principals, session_ttl=args.session_ttl, faults=faults,
+                            fault_seed=args.fault_seed, access_log=access_log, fsync=args.fsync)
+        try:
+            server = LocalZone(settings)
+        except (OSError, sqlite3.Error, RuntimeError, ValueError) as exc:
+            parser.exit(2, f"s3xfs-localzone: error: cannot open the storage root {root}: {exc}\n")
+        try:
+            host, port = server.bind()
+        except OSError as exc:
+            parser.exit(2, f"s3xfs-localzone: error: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}\n")
+        print(LISTENING.format(host=host, port=port), flush=True)
+        if args.users:
+            print(f"principals: {len(principals)} from {args.users}")
+        else:
+            print(f"access key: {principals[0].access_key}")
+            print(f"secret key: {principals[0].secret_key}")
+        print(f"region: {args.region}")
+        print(f"root: {root}{' (temporary)' if temporary else ''}")
+        for name in args.bucket:
+            print(f"bucket: {name}")
+        sys.stdout.flush()
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        server.shutdown()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not interrupt the clean-up
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if server is not None:
+            server.shutdown()
         if temporary:
             shutil.rmtree(root, ignore_errors=True)
     return 0

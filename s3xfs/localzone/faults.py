@@ -6,6 +6,7 @@ from one seeded RNG so a run with ``--fault-seed`` is repeatable.
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 from dataclasses import asdict, dataclass, fields
@@ -21,9 +22,11 @@ class FaultConfig:
     latency_jitter_ms: float = 0.0    # plus a uniform random 0..jitter
     outage: bool = False              # every S3 request gets its connection reset (endpoint "down")
 
-    def update(self, values: dict[str, object]) -> None:
-        """Apply a partial update; raises ValueError naming the bad field."""
-        known = {f.name: f.type for f in fields(self)}
+    def update(self, values: object) -> None:
+        """Apply a partial update, all or nothing; raises ValueError naming the bad field."""
+        if not isinstance(values, dict):
+            raise ValueError("expected a JSON object of fault settings")
+        known = {f.name for f in fields(self)}
         for name, value in values.items():
             if name not in known:
                 raise ValueError(f"unknown fault setting {name!r}; known: {', '.join(sorted(known))}")
@@ -31,10 +34,11 @@ class FaultConfig:
                 if not isinstance(value, bool):
                     raise ValueError("outage must be true or false")
             else:
-                if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
                     raise ValueError(f"{name} must be a non-negative number")
                 if name.endswith("_rate") and value > 1:
                     raise ValueError(f"{name} is a probability between 0 and 1")
+        for name, value in values.items():
             setattr(self, name, value)
 
     def as_dict(self) -> dict[str, object]:

@@ -53,6 +53,8 @@ def load_principals(path: Path) -> list[Principal]:
         raise UsersFileError(f"cannot read users file {path}: {exc.strerror}") from None
     except json.JSONDecodeError as exc:
         raise UsersFileError(f"users file {path} is not valid JSON: {exc}") from None
+    except UnicodeDecodeError:
+        raise UsersFileError(f"users file {path} is not UTF-8 text") from None
     entries = document.get("principals") if isinstance(document, dict) else None
     if not isinstance(entries, list) or not entries:
         raise UsersFileError(f"users file {path}: expected a non-empty list under \"principals\"")

@@ -64,6 +64,8 @@ class LocalZone:
         self.access_log = AccessLog(settings.access_log)
         self._listener: socket.socket | None = None
         self._stopping = threading.Event()
+        self._active = 0  # requests being served; shutdown() lets them finish
+        self._idle = threading.Condition()
         for name in settings.buckets:
             self.ensure_bucket(name)
 
@@ -92,7 +94,9 @@ class LocalZone:
                 raise
             threading.Thread(target=self._connection, args=(conn, addr[0]), daemon=True).start()
 
-    def shutdown(self) -> None:
+    def shutdown(self, grace: float = 5.0) -> None:
+        """Stop accepting, let requests in progress finish (up to ``grace`` seconds: their responses
+        and access-log lines go out), then close the store."""
         self._stopping.set()
         if self._listener is not None:
             try:
@@ -100,6 +104,8 @@ class LocalZone:
             except OSError:
                 pass
             self._listener.close()
+        with self._idle:
+            self._idle.wait_for(lambda: self._active == 0, timeout=grace)
         self.store.close()
 
     # --- connections ---------------------------------------------------------------------------
@@ -115,7 +121,19 @@ class LocalZone:
                 except BadRequest as exc:
                     self._send_bad_request(sock, str(exc))
                     break
-                if request is None or not self._serve(request, sock, rfile):
+                if request is None:
+                    break
+                with self._idle:
+                    if self._stopping.is_set():
+                        break  # arrived during shutdown: not served, the connection closes
+                    self._active += 1
+                try:
+                    keep_alive = self._serve(request, sock, rfile)
+                finally:
+                    with self._idle:
+                        self._active -= 1
+                        self._idle.notify_all()
+                if not keep_alive:
                     break
         except (OSError, ValueError):
             pass  # client went away, timed out, or we reset the connection on purpose
@@ -139,12 +157,16 @@ class LocalZone:
         body: BodyReader | None = None
         head = request.method == "HEAD"
         drop = False
+        # A client that sent "Expect: 100-continue" holds the body back until we say so.
+        expects_continue = "100-continue" in request.header("expect").lower() and _has_body(request)
+        continued = False
         try:
             target = routing.resolve(request, lambda name: self.store.get_bucket(name) is not None)
             operation, bucket, key = target.operation, target.bucket or "", target.key
             cfg = self.faults.config
             if cfg.outage:
                 self.stats.fault("outage")
+                self._record(request, operation, bucket, key, 0, None, mode, started, 0, 0)  # status 0: no answer
                 reset(sock)
                 return False
             drop = self.faults.draw(cfg.drop_rate)
@@ -158,10 +180,12 @@ class LocalZone:
             directory = info.directory if info else is_directory_bucket(bucket)
             caller = self.authenticator.authenticate(request, target.bucket, directory, operation)
             mode = caller.mode
+            self.authenticator.authorize(caller, target.bucket, directory, operation)
             if bucket and info is None and operation not in BUCKET_MAY_BE_MISSING:
                 raise errors.no_such_bucket(bucket)
-            if "100-continue" in request.header("expect").lower() and _has_body(request):
+            if expects_continue:
                 send_continue(sock)
+                continued = True
             body = make_body_reader(rfile, request.headers, caller.credential.payload_hash, _chunk_signing(caller))
             call = Call(request, operation, bucket, info, key, request.query(), caller, body, self)
             response = HANDLERS[operation](call)
@@ -170,7 +194,12 @@ class LocalZone:
         except Exception:
             log.exception("internal error serving %s %s", request.method, request.raw_path)
             response = self._error_response(errors.internal_error(), request.raw_path, head)
-        keep_alive = request.keep_alive and self._body_finished(request, rfile, body)
+        if expects_continue and not continued:
+            # Rejected before 100 Continue: the client will not send the body (RFC 9110 10.1.1), so
+            # answer at once and close, rather than wait for a body that never comes.
+            keep_alive = False
+        else:
+            keep_alive = request.keep_alive and self._body_finished(request, rfile, body)
         try:
             delay = self.faults.latency()
             if delay:
@@ -180,22 +209,35 @@ class LocalZone:
                 if response.length and not response.head_only:
                     response.drop_after = response.length // 2
                 else:
+                    response.close()
+                    self._record(request, operation, bucket, key, 0, None, mode, started,
+                                 body.raw_bytes_read if body is not None else 0, 0)  # status 0: no answer
                     reset(sock)
                     return False
             response.headers.extend(self._common_headers())
+            raw_in = body.raw_bytes_read if body is not None else 0
+            planned = _body_length(response)
+            # Counted before the answer goes out: a client that has its response finds it in the stats.
+            self.stats.record(operation, response.status, response.error_code, raw_in, planned)
             sent = 0
             try:
                 sent = write_response(sock, response, keep_alive)
             finally:
                 response.close()
-                raw_in = body.raw_bytes_read if body is not None else 0
-                error = response.error_code
-                self.stats.record(operation, response.status, error, raw_in, sent)
-                self.access_log.write(request.client, operation, bucket, key, response.status, error, mode,
-                                      time.monotonic() - started, raw_in, sent)
+                if sent != planned:  # cut short (fault, or the client went away)
+                    self.stats.add_bytes_out(sent - planned)
+                self.access_log.write(request.client, operation, bucket, key, response.status, response.error_code,
+                                      mode, time.monotonic() - started, raw_in, sent)
         except (OSError, ValueError):
             return False
         return keep_alive
+
+    def _record(self, request: Request, operation: str, bucket: str, key: str, status: int, error: str | None,
+                mode: str, started: float, raw_in: int, sent: int) -> None:
+        """Count a request that gets no response (status 0: the connection is reset) and log it."""
+        self.stats.record(operation, status, error, raw_in, sent)
+        self.access_log.write(request.client, operation, bucket, key, status, error, mode,
+                              time.monotonic() - started, raw_in, sent)
 
     @staticmethod
     def _body_finished(request: Request, rfile: BinaryIO, body: BodyReader | None) -> bool:
@@ -232,9 +274,15 @@ class LocalZone:
 
     def _admin(self, request: Request, sock: socket.socket, rfile: BinaryIO) -> bool:
         name = request.raw_path[len(ADMIN_PREFIX):].strip("/")
-        length = int(request.header("content-length", "0") or 0)
-        data = rfile.read(length) if 0 < length <= DRAIN_LIMIT else b""
         status, payload = 200, {}
+        raw_length = request.header("content-length", "0") or "0"
+        length = int(raw_length) if raw_length.isdigit() else -1
+        if not 0 <= length <= DRAIN_LIMIT:
+            response = Response(400, [("Content-Type", "application/json"), *self._common_headers()],
+                                json.dumps({"error": "admin requests take a JSON body of at most 1 MiB"}).encode())
+            write_response(sock, response, keep_alive=False)
+            return False
+        data = rfile.read(length) if length else b""
         try:
             if name == "stats" and request.method == "GET":
                 payload = self.stats.snapshot()
@@ -255,9 +303,18 @@ class LocalZone:
             status, payload = 400, {"error": str(exc)}
         response = Response(status, [("Content-Type", "application/json"), *self._common_headers()],
                             json.dumps(payload, sort_keys=True).encode())
-        keep_alive = request.keep_alive and length <= DRAIN_LIMIT
+        keep_alive = request.keep_alive
         write_response(sock, response, keep_alive)
         return keep_alive
+
+
+def _body_length(response: Response) -> int:
+    """Body bytes write_response will send for ``response`` if nothing goes wrong."""
+    if response.head_only or response.status in (204, 304):
+        return 0
+    if response.pieces is not None:
+        return response.length or 0
+    return len(response.body)
 
 
 def _has_body(request: Request) -> bool:

@@ -45,6 +45,11 @@ class Stats:
             self.bytes_in += bytes_in
             self.bytes_out += bytes_out
 
+    def add_bytes_out(self, delta: int) -> None:
+        """Correct bytes_out when a response was cut short after it was recorded."""
+        with self._lock:
+            self.bytes_out += delta
+
     def session_created(self, mode: str) -> None:
         with self._lock:
             self.sessions[mode] += 1

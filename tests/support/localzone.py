@@ -88,7 +88,7 @@ class LocalZone:
 
     # --- clients --------------------------------------------------------------------------------
     def client(self, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY, **config: Any):
-        options: dict[str, Any] = {"retries": {"max_attempts": 1, "mode": "standard"}}
+        options: dict[str, Any] = {"retries": {"total_max_attempts": 1, "mode": "standard"}}  # no hidden retries
         options.update(config)
         return boto3.session.Session().client(
             "s3", endpoint_url=self.url, region_name=REGION, aws_access_key_id=access_key,

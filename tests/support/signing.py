@@ -3,12 +3,15 @@ well-behaved SDK would never send: expired or foreign tokens, wrong regions, ske
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import http.client
+from collections.abc import Iterator
 from dataclasses import dataclass
 from unittest import mock
 from urllib.parse import quote, urlsplit
 
+import botocore.auth
 from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -37,23 +40,36 @@ def sign(method: str, url: str, *, access_key: str = ACCESS_KEY, secret_key: str
     request = AWSRequest(method=method, url=url, data=body, headers=dict(headers or {}))
     if token is not None:
         request.headers["x-amz-s3session-token"] = token
-    signer = S3SigV4Auth(Credentials(access_key, secret_key), service, region)
-    if when is None:
-        signer.add_auth(request)
-    else:
-        with mock.patch("botocore.auth.datetime") as fake:
-            fake.datetime.now.return_value = when
-            fake.datetime.utcnow.return_value = when
-            fake.timezone = datetime.timezone
-            signer.add_auth(request)
+    with _clock(when):
+        S3SigV4Auth(Credentials(access_key, secret_key), service, region).add_auth(request)
     return request
 
 
 def presign(url: str, *, expires: int = 60, access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY,
-            service: str = "s3", region: str = REGION) -> str:
+            service: str = "s3", region: str = REGION, when: datetime.datetime | None = None) -> str:
     request = AWSRequest(method="GET", url=url)
-    S3SigV4QueryAuth(Credentials(access_key, secret_key), service, region, expires=expires).add_auth(request)
+    with _clock(when):
+        S3SigV4QueryAuth(Credentials(access_key, secret_key), service, region, expires=expires).add_auth(request)
     return request.url
+
+
+@contextlib.contextmanager
+def _clock(when: datetime.datetime | None) -> Iterator[None]:
+    """Make botocore's signer believe it is ``when`` (naive UTC, or aware)."""
+    if when is None:
+        yield
+        return
+    if when.tzinfo is not None:
+        when = when.astimezone(datetime.timezone.utc).replace(tzinfo=None)
+    if hasattr(botocore.auth, "get_current_datetime"):  # botocore >= 1.36 reads the clock through this
+        with mock.patch("botocore.auth.get_current_datetime", return_value=when):
+            yield
+        return
+    with mock.patch("botocore.auth.datetime") as fake:
+        fake.datetime.now.return_value = when
+        fake.datetime.utcnow.return_value = when
+        fake.timezone = datetime.timezone
+        yield
 
 
 def send(request: AWSRequest) -> Reply:
