@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--fault-seed", type=int, metavar="N", help="seed for fault decisions (repeatable runs)")
     parser.add_argument("--access-log", default="-", metavar="PATH",
                         help="where the access log goes: a file, '-' for stderr (default), 'off' for nowhere")
-    parser.add_argument("--fsync", action="store_true", help="fsync every object before acknowledging it (survive power loss)")
+    parser.add_argument("--fsync", action="store_true", help="fsync object data and the catalogue before acknowledging a write (survive power loss)")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="diagnostic log level on stderr (default: WARNING)")
     return parser

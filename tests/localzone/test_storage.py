@@ -1338,8 +1338,7 @@ def test_timings_10000_objects(tmp_path, capsys):
             dt = time.perf_counter() - t
             lines.append(f"list {label}: {len(keys)} keys + {len(prefixes)} prefixes in {pages} pages, "
                          f"{dt / pages * 1000:.1f} ms/page")
-        with capsys.disabled():
-            print("\n[storage timings] " + "\n[storage timings] ".join(lines))
+        print("\n[storage timings] " + "\n[storage timings] ".join(lines))  # shown with -s or -rA
     finally:
         s.close()
 
