@@ -129,6 +129,8 @@ class S3Client:
         try:
             response = await self._in_thread(create, "CreateSession")
         except errors.AccessDenied as exc:
+            if exc.code is None:  # refused before any request: no credentials at all
+                raise
             raise errors.SessionUnavailable(self._denied_message(mode, exc), code=exc.code, status=exc.status) from None
         except errors.BucketNotFound:
             raise errors.BucketNotFound(f"bucket {self.bucket} does not exist (region {self.options.region})",

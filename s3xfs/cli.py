@@ -1,0 +1,190 @@
+"""``s3xfs``: mount, unmount, version. Parses and checks everything before the daemon starts, so
+that mistakes get a one-line reason and a non-zero exit instead of a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from . import __version__
+from .client.naming import NamingError, check_endpoint_override, check_region, parse_mount_source, region_for
+from .config import INDEFINITE, MountConfig
+
+SIZE_SUFFIXES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
+MIN_PART_SIZE = 1024 * 1024  # below this, per-request overhead dominates reads
+MAX_PART_SIZE = 5 * 1024**3  # S3's part and PUT limit
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for; printed as one line."""
+
+
+def _seconds(text: str, what: str, allow_indefinite: bool) -> float:
+    if allow_indefinite and text.lower() in ("indefinite", "forever", "inf"):
+        return INDEFINITE
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        extra = " or 'indefinite'" if allow_indefinite else ""
+        raise UsageError(f"{what} must be a number of seconds (0 or more){extra}, not {text!r}")
+    return value
+
+
+def _mode(text: str, what: str) -> int:
+    if not re.fullmatch(r"0?[0-7]{3,4}", text):
+        raise UsageError(f"{what} must be an octal permission like 644 or 0755, not {text!r}")
+    return int(text, 8)
+
+
+def _id(text: str, what: str) -> int:
+    if not text.isdigit() or int(text) > 2**32 - 2:
+        raise UsageError(f"{what} must be a numeric id, not {text!r}")
+    return int(text)
+
+
+def _size(text: str, what: str) -> int:
+    match = re.fullmatch(r"(\d+)([kKmMgG]?)(i?[bB])?", text.strip())
+    if not match:
+        raise UsageError(f"{what} must be a size like 8388608, 8M or 8MiB, not {text!r}")
+    return int(match.group(1)) * SIZE_SUFFIXES[match.group(2).lower()]
+
+
+def _positive_int(text: str, what: str, low: int, high: int) -> int:
+    if not text.isdigit() or not low <= int(text) <= high:
+        raise UsageError(f"{what} must be a whole number from {low} to {high}, not {text!r}")
+    return int(text)
+
+
+# -o key[=value] names (fstab style) -> the long option they stand for; flags take no value.
+O_FLAGS = {"ro": ("read_only", True), "rw": ("read_only", False), "read-only": ("read_only", True),
+           "foreground": ("foreground", True), "allow-other": ("allow_other", True), "allow-root": ("allow_root", True)}
+O_VALUES = {"region", "endpoint-url", "profile", "prefix", "uid", "gid", "file-mode", "dir-mode", "metadata-ttl",
+            "negative-ttl", "max-threads", "part-size", "log-level", "log-file"}
+
+
+def apply_o_options(args: argparse.Namespace, values: list[str]) -> None:
+    """Fold ``-o key=value,...`` into the parsed long options (explicit long options win)."""
+    for group in values:
+        for item in filter(None, (part.strip() for part in group.split(","))):
+            name, has_value, value = item.partition("=")
+            name = name.replace("_", "-")
+            if name in O_FLAGS and not has_value:
+                attr, flag = O_FLAGS[name]
+                setattr(args, attr, flag)
+            elif name in O_VALUES and has_value:
+                attr = name.replace("-", "_")
+                if getattr(args, attr) is None:
+                    setattr(args, attr, value)
+            elif name in O_VALUES:
+                raise UsageError(f"-o {name} needs a value: -o {name}=VALUE")
+            else:
+                raise UsageError(f"unknown mount option -o {item!r}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="s3xfs", description="Mount an S3 Express One Zone directory bucket.")
+    parser.add_argument("--version", action="version", version=f"s3xfs {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    mount = sub.add_parser("mount", help="mount a bucket", description="Mount BUCKET[/PREFIX/] (or s3://BUCKET/PREFIX/) at MOUNTPOINT.")
+    mount.add_argument("source", metavar="BUCKET[/PREFIX/]")
+    mount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    mount.add_argument("-f", "--foreground", action="store_true", default=None, help="stay in the foreground, log to stderr")
+    mount.add_argument("--read-only", action="store_true", default=None, help="mount read-only: only ReadOnly sessions, every write is EROFS")
+    mount.add_argument("--region", help="the bucket's region (default: from the zone id of the bucket name)")
+    mount.add_argument("--endpoint-url", help="talk to this endpoint instead of AWS (e.g. s3xfs-localzone)")
+    mount.add_argument("--profile", help="AWS profile for credentials (default: the standard credential chain)")
+    mount.add_argument("--prefix", help="mount only keys under this prefix")
+    mount.add_argument("--uid", help="owner of files and directories (default: yours)")
+    mount.add_argument("--gid", help="group of files and directories (default: yours)")
+    mount.add_argument("--file-mode", help="permission bits of files (default: 644)")
+    mount.add_argument("--dir-mode", help="permission bits of directories (default: 755)")
+    mount.add_argument("--allow-other", action="store_true", default=None, help="let other users access the mount")
+    mount.add_argument("--allow-root", action="store_true", default=None, help="let root access the mount")
+    mount.add_argument("--metadata-ttl", help="seconds to trust cached metadata, or 'indefinite' (default: 1)")
+    mount.add_argument("--negative-ttl", help="seconds to trust 'no such file' (default: 1)")
+    mount.add_argument("--max-threads", help="concurrent S3 requests (default: 32)")
+    mount.add_argument("--part-size", help="size of ranged GETs, e.g. 8M (default: 8 MiB)")
+    mount.add_argument("--log-level", help="DEBUG, INFO, WARNING (default) or ERROR")
+    mount.add_argument("--log-file", help="log to this file (default: stderr in the foreground, syslog otherwise)")
+    mount.add_argument("-o", dest="o", action="append", default=[], metavar="KEY[=VALUE],...",
+                       help="the same options, fstab style: ro, rw, region=..., metadata-ttl=..., ...")
+    unmount = sub.add_parser("unmount", help="unmount a mounted bucket")
+    unmount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    return parser
+
+
+def mount_config(args: argparse.Namespace) -> MountConfig:
+    apply_o_options(args, args.o)
+    try:
+        source = parse_mount_source(args.source, args.prefix)
+        region = check_region(args.region) if args.region else region_for(source.bucket, None)
+        endpoint = check_endpoint_override(args.endpoint_url) if args.endpoint_url else None
+    except NamingError as exc:
+        raise UsageError(str(exc).rstrip(".")) from None
+    mountpoint = Path(args.mountpoint).absolute()
+    if not mountpoint.exists():
+        raise UsageError(f"mount point {mountpoint} does not exist")
+    if not mountpoint.is_dir():
+        raise UsageError(f"mount point {mountpoint} is not a directory")
+    if os.path.ismount(mountpoint):
+        raise UsageError(f"mount point {mountpoint} is busy: something is already mounted there")
+    level = (args.log_level or "WARNING").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise UsageError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, not {args.log_level!r}")
+    part_size = _size(args.part_size, "--part-size") if args.part_size else MountConfig.part_size
+    if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
+        raise UsageError(f"--part-size must be between 1 MiB and 5 GiB, not {args.part_size}")
+    return MountConfig(
+        bucket=source.bucket.name, prefix=source.prefix, mountpoint=mountpoint, region=region,
+        read_only=bool(args.read_only), endpoint_url=endpoint, profile=args.profile, foreground=bool(args.foreground),
+        uid=_id(args.uid, "--uid") if args.uid else os.getuid(), gid=_id(args.gid, "--gid") if args.gid else os.getgid(),
+        file_mode=_mode(args.file_mode, "--file-mode") if args.file_mode else MountConfig.file_mode,
+        dir_mode=_mode(args.dir_mode, "--dir-mode") if args.dir_mode else MountConfig.dir_mode,
+        allow_other=bool(args.allow_other), allow_root=bool(args.allow_root),
+        metadata_ttl=_seconds(args.metadata_ttl, "--metadata-ttl", True) if args.metadata_ttl else MountConfig.metadata_ttl,
+        negative_ttl=_seconds(args.negative_ttl, "--negative-ttl", True) if args.negative_ttl else MountConfig.negative_ttl,
+        max_threads=_positive_int(args.max_threads, "--max-threads", 1, 1024) if args.max_threads else MountConfig.max_threads,
+        part_size=part_size, log_level=level, log_file=Path(args.log_file).absolute() if args.log_file else None,
+        fsname=f"s3xfs:{source.bucket.name}" + (f"/{source.prefix}" if source.prefix else ""),
+    )
+
+
+def unmount(mountpoint: str) -> int:
+    path = Path(mountpoint).absolute()
+    if not os.path.ismount(path):
+        print(f"s3xfs: {path} is not a mount point", file=sys.stderr)
+        return 1
+    tool = shutil.which("fusermount3") or shutil.which("fusermount")
+    command = [tool, "-u", str(path)] if tool else ["umount", str(path)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0:
+        reason = (result.stderr or result.stdout).strip().splitlines()
+        print(f"s3xfs: cannot unmount {path}: {reason[-1] if reason else 'unknown error'}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "unmount":
+        return unmount(args.mountpoint)
+    try:
+        config = mount_config(args)
+    except UsageError as exc:
+        print(f"s3xfs: {exc}", file=sys.stderr)
+        return 2
+    from .daemon import run  # imports pyfuse3/boto3: only once the arguments are known good
+
+    return run(config)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

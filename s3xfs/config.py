@@ -1,0 +1,40 @@
+"""All settings of a mount in one frozen dataclass; each default says why it is what it is."""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+INDEFINITE = math.inf
+
+
+@dataclass(frozen=True)
+class MountConfig:
+    bucket: str
+    prefix: str
+    mountpoint: Path
+    region: str
+    read_only: bool = False
+    endpoint_url: str | None = None  # None: AWS's zonal endpoint for the bucket
+    profile: str | None = None  # None: the standard boto3 credential chain
+    foreground: bool = False
+    uid: int = os.getuid()  # files belong to whoever mounted, like Mountpoint and s3fs
+    gid: int = os.getgid()
+    file_mode: int = 0o644  # S3 has no per-object permissions: a conventional file mode
+    dir_mode: int = 0o755
+    allow_other: bool = False  # FUSE's safe default: only the mounting user sees the files
+    allow_root: bool = False
+    # Attributes, entries and listings are trusted this long (seconds) before asking the bucket
+    # again: 1 s keeps close-to-open consistency with other writers within a second while
+    # sparing `ls -l`/`stat` storms a request per file (Mountpoint's default too).
+    metadata_ttl: float = 1.0
+    negative_ttl: float = 1.0  # "no such file" trusted this long: repeated failed stats are free
+    max_threads: int = 32  # concurrent S3 requests (worker threads and pooled connections)
+    part_size: int = 8 * 1024 * 1024  # ranged GET size: large enough to amortise a request, small enough to start fast
+    read_buffer: int = 256 * 1024 * 1024  # all read-ahead buffers of the mount together
+    read_ahead_kb: int = 1024  # kernel read-ahead for the mount: lets the kernel send 1 MiB reads (FUSE max_pages 256)
+    fsname: str = "s3xfs"
+    log_level: str = "WARNING"
+    log_file: Path | None = None

@@ -1,0 +1,122 @@
+"""The inode table: inode numbers, (parent, name) -> inode, kernel lookup counts, TTLs.
+
+Kept apart from the operations (Mountpoint's "superblock"). Rules:
+- inode numbers are allocated here, never reused while the process lives;
+- an inode lives while the kernel holds lookups on it or a handle is open on it, even after its
+  name vanished from the bucket; ``forget`` only ever decrements and never raises;
+- when a name changes kind (a file replaced by a directory), the name gets a new inode; the old
+  one lives on until the kernel forgets it;
+- attributes and negative entries carry expiry times (monotonic seconds; ``math.inf`` for
+  indefinite), the same TTLs that are handed to the kernel.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+ROOT_INODE = 1  # FUSE_ROOT_ID
+
+
+@dataclass
+class Inode:
+    ino: int
+    parent: int
+    name: str
+    is_dir: bool
+    key: str  # a file's object key; a directory's prefix, ending in '/' (or '' for a bucket root)
+    size: int = 0
+    etag: str | None = None
+    mtime: float = 0.0  # seconds since the epoch
+    storage_class: str | None = None
+    checksum: str | None = None  # "<ALGORITHM>:<base64>" when the bucket reported one
+    expires: float = 0.0  # attributes valid until (monotonic)
+    listing_expires: float = 0.0  # directories: a complete listing of the children is valid until
+    lookups: int = 0
+    open_handles: int = 0
+    cached_etag: str | None = None  # the ETag whose data the kernel page cache may hold
+
+
+class InodeTable:
+    def __init__(self, root_prefix: str, mount_time: float, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        root = Inode(ROOT_INODE, ROOT_INODE, "", True, root_prefix, mtime=mount_time, expires=math.inf)
+        root.lookups = 1  # the kernel never forgets the root
+        self._inodes: dict[int, Inode] = {ROOT_INODE: root}
+        self._names: dict[tuple[int, str], int] = {}
+        self._negative: dict[tuple[int, str], float] = {}
+        self._next = ROOT_INODE + 1
+
+    def __len__(self) -> int:
+        return len(self._inodes)
+
+    def get(self, ino: int) -> Inode | None:
+        return self._inodes.get(ino)
+
+    def child(self, parent: int, name: str) -> Inode | None:
+        ino = self._names.get((parent, name))
+        return self._inodes.get(ino) if ino is not None else None
+
+    def children(self, parent: int) -> list[Inode]:
+        return [self._inodes[ino] for (p, _), ino in self._names.items() if p == parent and ino in self._inodes]
+
+    def upsert(self, parent: Inode, name: str, *, is_dir: bool, key: str, ttl: float, size: int = 0,
+               etag: str | None = None, mtime: float = 0.0, storage_class: str | None = None,
+               checksum: str | None = None) -> Inode:
+        """Record what the bucket says ``parent/name`` is, valid for ``ttl`` seconds."""
+        self._negative.pop((parent.ino, name), None)
+        inode = self.child(parent.ino, name)
+        if inode is None or inode.is_dir != is_dir:
+            replaced = inode
+            inode = Inode(self._next, parent.ino, name, is_dir, key)
+            self._next += 1
+            self._inodes[inode.ino] = inode
+            self._names[(parent.ino, name)] = inode.ino
+            if replaced is not None:
+                self._maybe_drop(replaced.ino)
+        inode.key = key
+        inode.size, inode.etag, inode.mtime = size, etag, mtime
+        inode.storage_class, inode.checksum = storage_class, checksum
+        inode.expires = self._clock() + ttl
+        return inode
+
+    def remove_name(self, parent: int, name: str) -> None:
+        """The name is gone from the bucket; its inode lives on while the kernel or a handle holds it."""
+        ino = self._names.pop((parent, name), None)
+        if ino is not None:
+            self._maybe_drop(ino)
+
+    def set_negative(self, parent: int, name: str, ttl: float) -> None:
+        if ttl > 0:
+            self._negative[(parent, name)] = self._clock() + ttl
+            if len(self._negative) > 100_000:  # bounded: drop the expired ones
+                now = self._clock()
+                self._negative = {k: v for k, v in self._negative.items() if v > now}
+
+    def is_negative(self, parent: int, name: str) -> bool:
+        expiry = self._negative.get((parent, name))
+        return expiry is not None and expiry > self._clock()
+
+    def remember(self, inode: Inode) -> None:
+        """The kernel received this inode (lookup, readdirplus, create): one more lookup to forget."""
+        inode.lookups += 1
+
+    def forget(self, ino: int, count: int) -> None:
+        inode = self._inodes.get(ino)
+        if inode is None or ino == ROOT_INODE:
+            return
+        inode.lookups = max(0, inode.lookups - count)
+        self._maybe_drop(ino)
+
+    def _maybe_drop(self, ino: int) -> None:
+        inode = self._inodes.get(ino)
+        if inode is None or ino == ROOT_INODE or inode.lookups > 0 or inode.open_handles > 0:
+            return
+        if self._names.get((inode.parent, inode.name)) == ino:
+            return  # still named: it is the metadata cache for later lookups (replaced or removed by name)
+        del self._inodes[ino]
+
+    def release_handle(self, inode: Inode) -> None:
+        inode.open_handles -= 1
+        self._maybe_drop(inode.ino)

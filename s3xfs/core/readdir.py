@@ -1,0 +1,31 @@
+"""One listing snapshot per opendir.
+
+Directory-bucket listings are unordered and paged by opaque tokens, so readdir offsets cannot be
+positions in the server's order: the whole listing is read once, when the directory is opened,
+and offsets index that snapshot. Entries never repeat or vanish within one opendir, whatever
+happens in the bucket meanwhile.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .inodes import Inode
+
+
+@dataclass
+class DirEntry:
+    name: str
+    inode: Inode
+    counted: bool  # False for '.' and '..': their lookup counts must not be raised
+
+
+@dataclass
+class DirHandle:
+    inode: Inode
+    entries: list[DirEntry] = field(default_factory=list)
+    loaded: bool = False
+
+    def page(self, start: int) -> list[tuple[int, DirEntry]]:
+        """Entries from offset ``start`` on, with the offset that follows each."""
+        return [(index + 1, entry) for index, entry in enumerate(self.entries[start:], start)]

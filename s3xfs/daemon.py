@@ -1,0 +1,201 @@
+"""The mount's process lifecycle: fork, mount, report readiness, serve, unmount on a signal.
+
+Without ``--foreground`` the command forks at once (before trio or any thread exists); the child
+connects, checks access, mounts, and only then tells the parent "ready" through a pipe, so the
+``s3xfs mount`` command exits 0 exactly when the mount is usable, or non-zero with the child's
+one-line reason. SIGTERM/SIGINT unmount cleanly; an external ``fusermount3 -u`` ends the daemon.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pyfuse3
+import trio
+
+from .client import errors as client_errors
+from .client.naming import parse_bucket_name
+from .client.s3 import ClientOptions, open_client
+from .config import MountConfig
+from .core.fs import Filesystem, FsOptions
+from .fuse_ops import FuseOperations
+
+log = logging.getLogger("s3xfs")
+
+
+class MountFailed(Exception):
+    """The mount cannot be made; the message is the one line the user sees."""
+
+
+def run(config: MountConfig) -> int:
+    if config.foreground:
+        _setup_logging(config, detached=False)
+        try:
+            trio.run(serve, config, lambda: None)
+        except MountFailed as exc:
+            print(f"s3xfs: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(write_end)
+        return _wait_for_child(read_end, pid)
+    os.close(read_end)
+    os.setsid()
+    _setup_logging(config, detached=True)
+    status = 1
+    try:
+        trio.run(serve, config, lambda: _report(write_end, "ready"))
+        status = 0
+    except MountFailed as exc:
+        _report(write_end, f"error {exc}")
+    except BaseException as exc:  # noqa: BLE001 - the parent must hear about any failure
+        log.exception("the daemon failed")
+        _report(write_end, f"error internal error: {exc}")
+    os._exit(status)
+
+
+def _report(fd: int, message: str) -> None:
+    try:
+        os.write(fd, (message + "\n").encode())
+        os.close(fd)
+    except OSError:
+        pass
+    if message == "ready":
+        _detach_stdio()
+
+
+def _detach_stdio() -> None:
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    os.close(devnull)
+
+
+def _wait_for_child(fd: int, pid: int) -> int:
+    with os.fdopen(fd, "rb") as pipe:
+        line = pipe.readline().decode(errors="replace").strip()
+    if line == "ready":
+        return 0
+    if line.startswith("error "):
+        print(f"s3xfs: {line[len('error '):]}", file=sys.stderr)
+    else:
+        _, status = os.waitpid(pid, 0)
+        print(f"s3xfs: the daemon exited (status {status}) before the mount was ready; see its log", file=sys.stderr)
+    return 1
+
+
+def _setup_logging(config: MountConfig, detached: bool) -> None:
+    root = logging.getLogger()
+    root.setLevel(config.log_level)
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if config.log_file is not None:
+        handler: logging.Handler = logging.FileHandler(config.log_file)
+    elif detached and Path("/dev/log").exists():
+        handler = logging.handlers.SysLogHandler(address="/dev/log")
+        fmt = "s3xfs[%(process)d]: %(levelname)s %(name)s: %(message)s"
+    elif detached:
+        handler = logging.NullHandler()
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(fmt))
+    root.addHandler(handler)
+
+
+def _fuse_options(config: MountConfig) -> set[str]:
+    options = set(pyfuse3.default_options)
+    options |= {f"fsname={config.fsname}", "subtype=s3xfs", "ro" if config.read_only else "rw"}
+    if config.allow_other:
+        options.add("allow_other")
+    elif config.allow_root:
+        options.add("allow_root")
+    return options
+
+
+async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
+    """Connect, check, mount, serve until unmounted or signalled."""
+    options = ClientOptions(region=config.region, read_only=config.read_only, endpoint_url=config.endpoint_url,
+                            profile=config.profile, max_connections=config.max_threads)
+    try:
+        bucket = parse_bucket_name(config.bucket)
+        async with open_client(bucket, options) as client:
+            try:
+                await client.probe(config.prefix)
+            except client_errors.ClientError as exc:
+                raise MountFailed(_reason(exc)) from None
+            fs = Filesystem(client, FsOptions(
+                prefix=config.prefix, read_only=config.read_only, uid=config.uid, gid=config.gid,
+                file_mode=config.file_mode, dir_mode=config.dir_mode, metadata_ttl=config.metadata_ttl,
+                negative_ttl=config.negative_ttl, part_size=config.part_size, read_buffer=config.read_buffer))
+            await _mount_and_serve(config, fs, ready)
+    except client_errors.ClientError as exc:
+        raise MountFailed(_reason(exc)) from None
+
+
+def _reason(exc: client_errors.ClientError) -> str:
+    text = str(exc)
+    if isinstance(exc, client_errors.Unavailable):
+        return f"cannot reach the bucket's endpoint: {text}"
+    return text
+
+
+async def _mount_and_serve(config: MountConfig, fs: Filesystem, ready: Callable[[], None]) -> None:
+    try:
+        pyfuse3.init(FuseOperations(fs), str(config.mountpoint), _fuse_options(config))
+    except RuntimeError as exc:
+        raise MountFailed(f"cannot mount on {config.mountpoint}: {exc}") from None
+    unmounted = False
+    try:
+        _raise_read_ahead(config)
+        log.info("mounted %s%s at %s (%s)", config.bucket, f"/{config.prefix}" if config.prefix else "",
+                 config.mountpoint, "read-only" if config.read_only else "read-write")
+        async with trio.open_nursery() as nursery:
+            fs.attach(nursery)
+            nursery.start_soon(_watch_signals)
+            ready()
+            await pyfuse3.main()
+            nursery.cancel_scope.cancel()
+        await fs.close()
+        pyfuse3.close(unmount=True)
+        unmounted = True
+    finally:
+        if not unmounted:
+            pyfuse3.close(unmount=True)
+
+
+async def _watch_signals() -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for signum in signals:
+            log.info("received %s: unmounting", signal.Signals(signum).name)
+            pyfuse3.terminate()
+            return
+
+
+def _raise_read_ahead(config: MountConfig) -> None:
+    """Raise the kernel's read-ahead for this mount so sequential reads arrive as 1 MiB requests.
+
+    The FUSE bdi starts at 128 KiB; each request costs Python overhead, so larger requests are
+    the single biggest throughput lever. Needs write access to sysfs (root); skipped otherwise.
+    The device number comes from /proc/self/mountinfo: a stat() of the mount point would call
+    into this very filesystem before it serves.
+    """
+    target = str(config.mountpoint)
+    try:
+        with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+            for line in mountinfo:
+                fields = line.split()
+                point = fields[4].encode().decode("unicode_escape")
+                if point == target:
+                    device = fields[2]
+            path = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
+        path.write_text(str(config.read_ahead_kb))
+        log.debug("read-ahead of %s set to %d KiB", target, config.read_ahead_kb)
+    except (OSError, UnboundLocalError, IndexError) as exc:
+        log.debug("could not raise read-ahead of %s: %s", target, exc)

@@ -1,0 +1,190 @@
+"""The pyfuse3 adapter: FUSE types in, core calls, FUSEError out. No decisions are made here.
+
+Every handler funnels failures through ``core.errors.errno_of`` (the one errno mapping);
+only FUSEError leaves a handler, and ``forget`` never raises (pyfuse3's contract).
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import pyfuse3
+
+from .core.errors import FsError, errno_of
+from .core.fs import Attributes, Filesystem
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def _translate(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(handler)
+    async def wrapper(*args: Any, **kwargs: Any) -> T:
+        try:
+            return await handler(*args, **kwargs)
+        except pyfuse3.FUSEError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the boundary: everything becomes an errno
+            code = errno_of(exc)
+            if code not in (errno.ENOENT, errno.ENODATA, errno.EROFS):
+                log.info("%s failed: %s", handler.__name__, exc)
+            raise pyfuse3.FUSEError(code) from None
+    return wrapper
+
+
+def entry(attrs: Attributes) -> pyfuse3.EntryAttributes:
+    out = pyfuse3.EntryAttributes()
+    out.st_ino = attrs.ino
+    out.entry_timeout = attrs.entry_timeout
+    out.attr_timeout = attrs.attr_timeout
+    if attrs.ino == 0:
+        return out
+    out.generation = 0
+    out.st_mode = attrs.mode
+    out.st_nlink = attrs.nlink
+    out.st_uid = attrs.uid
+    out.st_gid = attrs.gid
+    out.st_size = attrs.size
+    out.st_blocks = attrs.blocks
+    out.st_blksize = attrs.blksize
+    ns = int(attrs.mtime * 1e9)
+    out.st_atime_ns = out.st_mtime_ns = out.st_ctime_ns = ns
+    return out
+
+
+class FuseOperations(pyfuse3.Operations):
+    """Translates pyfuse3 requests into Filesystem calls."""
+
+    enable_writeback_cache = False
+
+    def __init__(self, fs: Filesystem) -> None:
+        super().__init__()
+        self.fs = fs
+
+    @_translate
+    async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
+        return entry(await self.fs.lookup(parent_inode, os.fsdecode(name)))
+
+    @_translate
+    async def getattr(self, inode: int, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
+        return entry(await self.fs.getattr(inode))
+
+    async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        try:
+            self.fs.forget(inode_list)
+        except Exception:  # noqa: BLE001 - forget must never raise
+            log.exception("forget failed")
+
+    @_translate
+    async def opendir(self, inode: int, ctx: pyfuse3.RequestContext) -> int:
+        return await self.fs.opendir(inode)
+
+    @_translate
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        for next_id, item in self.fs.readdir(fh, start_id):
+            if not pyfuse3.readdir_reply(token, os.fsencode(item.name), entry(self.fs.attributes(item.inode)), next_id):
+                return
+            self.fs.entry_accepted(item)
+
+    @_translate
+    async def releasedir(self, fh: int) -> None:
+        self.fs.releasedir(fh)
+
+    @_translate
+    async def open(self, inode: int, flags: int, ctx: pyfuse3.RequestContext) -> pyfuse3.FileInfo:
+        result = await self.fs.open(inode, flags)
+        return pyfuse3.FileInfo(fh=result.fh, keep_cache=result.keep_cache, direct_io=result.direct_io)
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        try:
+            data = self.fs.read_buffered(fh, off, size)  # no await when the data is in memory
+            if data is not None:
+                return data
+            return await self.fs.read(fh, off, size)
+        except Exception as exc:  # noqa: BLE001 - inlined _translate: this is the hot path
+            raise pyfuse3.FUSEError(errno_of(exc)) from None
+
+    @_translate
+    async def release(self, fh: int) -> None:
+        await self.fs.release(fh)
+
+    @_translate
+    async def statfs(self, ctx: pyfuse3.RequestContext) -> pyfuse3.StatvfsData:
+        info = self.fs.statfs()
+        out = pyfuse3.StatvfsData()
+        out.f_bsize = out.f_frsize = info.block_size
+        out.f_blocks, out.f_bfree, out.f_bavail = info.blocks, info.blocks_free, info.blocks_free
+        out.f_files, out.f_ffree, out.f_favail = info.files, info.files_free, info.files_free
+        out.f_namemax = info.name_max
+        return out
+
+    @_translate
+    async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
+        return self.fs.getxattr(inode, os.fsdecode(name))
+
+    @_translate
+    async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:
+        return [os.fsencode(name) for name in self.fs.listxattr(inode)]
+
+    @_translate
+    async def access(self, inode: int, mode: int, ctx: pyfuse3.RequestContext) -> bool:
+        if mode & os.W_OK and self.fs.options.read_only:
+            raise FsError(errno.EROFS)
+        return True
+
+    # Everything that changes the bucket: refused with a precise errno until writing lands
+    # (EROFS on read-only mounts; EOPNOTSUPP otherwise).
+    @_translate
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
+        self.fs.refuse_write()
+
+    @_translate
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
+        self.fs.refuse_write()
+
+    @_translate
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
+        self.fs.refuse_write()
+
+    @_translate
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
+        self.fs.refuse_write()
+
+    @_translate
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self.fs.refuse_write()
+
+    @_translate
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        self.fs.refuse_write()
+
+    @_translate
+    async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
+                     flags: int, ctx: Any) -> None:
+        self.fs.refuse_write()
+
+    @_translate
+    async def symlink(self, parent_inode: int, name: bytes, target: bytes, ctx: Any) -> Any:
+        self.fs.refuse_write()
+
+    @_translate
+    async def link(self, inode: int, new_parent_inode: int, new_name: bytes, ctx: Any) -> Any:
+        self.fs.refuse_write()
+
+    @_translate
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        self.fs.refuse_write()
+        return 0
+
+    @_translate
+    async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
+        self.fs.refuse_write()
+
+    @_translate
+    async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
+        self.fs.refuse_write()

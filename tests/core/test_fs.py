@@ -1,0 +1,261 @@
+"""Filesystem core against the in-memory client: lookups, listings, names, caching, reads."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+import trio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from s3xfs.client.memory import MemoryClient
+from s3xfs.core.errors import FsError
+from s3xfs.core.fs import Filesystem, FsOptions
+from s3xfs.core.inodes import ROOT_INODE
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run(fs_test, *, keys: dict[str, bytes] | None = None, clock=None, **options):
+    """Run ``fs_test(fs, client)`` inside trio with the filesystem attached to a nursery."""
+    client = MemoryClient(seed=1)
+    for key, data in (keys or {}).items():
+        client.put_object_sync(key, data)
+    fs = Filesystem(client, FsOptions(**options), **({"clock": clock} if clock else {}))
+
+    async def main():
+        async with trio.open_nursery() as nursery:
+            fs.attach(nursery)
+            try:
+                return await fs_test(fs, client)
+            finally:
+                await fs.close()
+                nursery.cancel_scope.cancel()
+
+    return trio.run(main)
+
+
+async def resolve(fs: Filesystem, path: str) -> int:
+    """Walk ``path`` from the root like the kernel does; 0 when a component is missing."""
+    ino = ROOT_INODE
+    for part in filter(None, path.split("/")):
+        if not fs.inodes.get(ino).is_dir:
+            return 0
+        attrs = await fs.lookup(ino, part)
+        if attrs.ino == 0:
+            return 0
+        ino = attrs.ino
+    return ino
+
+
+async def names(fs: Filesystem, ino: int) -> set[str]:
+    fh = await fs.opendir(ino)
+    try:
+        return {entry.name for _, entry in fs.readdir(fh, 0)} - {".", ".."}
+    finally:
+        fs.releasedir(fh)
+
+
+async def read_all(fs: Filesystem, ino: int) -> bytes:
+    handle = await fs.open(ino, os.O_RDONLY)
+    try:
+        out, offset = b"", 0
+        while chunk := await fs.read(handle.fh, offset, 128 * 1024):
+            out += chunk
+            offset += len(chunk)
+        return out
+    finally:
+        await fs.release(handle.fh)
+
+
+def test_lookup_file_directory_and_missing():
+    async def check(fs, client):
+        root_names = await names(fs, ROOT_INODE)
+        assert root_names == {"a", "top.txt"}
+        file_attrs = await fs.lookup(await resolve(fs, "a/b"), "c.txt")
+        assert not file_attrs.is_dir and file_attrs.size == 5
+        assert (await fs.lookup(ROOT_INODE, "a")).is_dir
+        assert (await fs.lookup(ROOT_INODE, "missing")).ino == 0
+    run(check, keys={"a/b/c.txt": b"hello", "top.txt": b"x"})
+
+
+def test_directory_shadows_file_and_invalid_names_are_hidden():
+    keys = {"clash": b"file", "clash/in": b"1", "d//x": b"2", "d/./y": b"3", "d/../z": b"4", "d/" + "n" * 256: b"5",
+            "d/ok": b"6"}
+
+    async def check(fs, client):
+        assert (await fs.lookup(ROOT_INODE, "clash")).is_dir
+        assert await names(fs, await resolve(fs, "d")) == {"ok"}
+        assert await names(fs, ROOT_INODE) == {"clash", "d"}
+        assert (await fs.lookup(await resolve(fs, "d"), "..")).ino == ROOT_INODE
+    run(check, keys=keys)
+
+
+def test_listing_serves_lookups_and_negative_answers_without_requests():
+    keys = {f"dir/f{n}": b"x" * n for n in range(50)}
+
+    async def check(fs, client):
+        d = await resolve(fs, "dir")
+        await names(fs, d)
+        client.calls.clear()
+        for n in range(50):
+            assert (await fs.lookup(d, f"f{n}")).size == n
+        assert (await fs.lookup(d, "absent")).ino == 0
+        assert sum(client.calls.values()) == 0
+    run(check, keys=keys, metadata_ttl=60)
+
+
+def test_expired_attributes_are_revalidated():
+    clock = FakeClock()
+
+    async def check(fs, client):
+        ino = await resolve(fs, "f")
+        client.put_object_sync("f", b"longer now")
+        assert (await fs.getattr(ino)).size == 1  # still within the TTL
+        clock.now += 2
+        assert (await fs.getattr(ino)).size == 10
+    run(check, keys={"f": b"1"}, clock=clock, metadata_ttl=1)
+
+
+def test_forget_honours_lookup_counts():
+    async def check(fs, client):
+        first = await fs.lookup(ROOT_INODE, "f")
+        await fs.lookup(ROOT_INODE, "f")
+        inode = fs.inodes.get(first.ino)
+        assert inode.lookups == 2
+        fs.forget([(first.ino, 1)])
+        assert fs.inodes.get(first.ino) is not None
+        await client.delete("f")
+        fs.inodes.remove_name(ROOT_INODE, "f")  # the name vanished (as a listing would find)
+        assert fs.inodes.get(first.ino) is not None  # the kernel still holds one lookup
+        fs.forget([(first.ino, 1)])
+        assert fs.inodes.get(first.ino) is None
+        fs.forget([(first.ino, 5), (123456, 1)])  # never raises
+    run(check, keys={"f": b"1"})
+
+
+def test_readdir_offsets_index_a_snapshot():
+    keys = {f"d/{n:02d}": b"" for n in range(30)}
+
+    async def check(fs, client):
+        d = await resolve(fs, "d")
+        fh = await fs.opendir(d)
+        page = fs.readdir(fh, 0)[:10]
+        for n in range(30, 40):
+            client.put_object_sync(f"d/{n:02d}", b"")
+        await client.delete("d/00")
+        rest = fs.readdir(fh, page[-1][0])
+        seen = [entry.name for _, entry in page + rest]
+        assert len(seen) == len(set(seen)) == 32  # '.', '..' and the 30 of the snapshot
+        fs.releasedir(fh)
+    run(check, keys=keys)
+
+
+def test_read_and_changed_object_is_estale():
+    data = os.urandom(3 * 1024 * 1024)
+
+    async def check(fs, client):
+        ino = await resolve(fs, "f")
+        assert await read_all(fs, ino) == data
+        handle = await fs.open(ino, os.O_RDONLY)
+        client.put_object_sync("f", b"new" * 10)
+        with pytest.raises(FsError) as excinfo:
+            offset = 0
+            while chunk := await fs.read(handle.fh, offset, 1024 * 1024):
+                offset += len(chunk)
+        assert excinfo.value.errno == errno.ESTALE
+        await fs.release(handle.fh)
+    run(check, keys={"f": data}, part_size=1024 * 1024)
+
+
+def test_read_only_refuses_writes():
+    async def check(fs, client):
+        ino = await resolve(fs, "f")
+        for flags in (os.O_WRONLY, os.O_RDWR, os.O_RDONLY | os.O_TRUNC):
+            with pytest.raises(FsError) as excinfo:
+                await fs.open(ino, flags)
+            assert excinfo.value.errno == errno.EROFS
+        assert client.calls.get("PutObject", 0) == 0
+    run(check, keys={"f": b"1"}, read_only=True)
+
+
+def test_xattrs_and_prefix():
+    async def check(fs, client):
+        assert await names(fs, ROOT_INODE) == {"f"}
+        ino = await resolve(fs, "f")
+        assert fs.getxattr(ino, "user.s3xfs.key") == b"p/f"
+        assert fs.getxattr(ino, "user.s3xfs.etag") == client.objects["p/f"].etag.encode()
+        with pytest.raises(FsError):
+            fs.getxattr(ino, "user.other")
+    run(check, keys={"p/f": b"1", "q/g": b"2"}, prefix="p/")
+
+
+# --- random operation sequences against a reference model of directory-bucket semantics ------
+
+SEGMENTS = st.sampled_from(["a", "b", "c", ".", "..", "", "n" * 256])
+KEYS = st.lists(SEGMENTS, min_size=1, max_size=3).map("/".join).filter(bool)  # S3 keys are never empty
+OPS = st.lists(st.one_of(
+    st.tuples(st.just("put"), KEYS, st.binary(max_size=64)),
+    st.tuples(st.just("delete"), KEYS),
+    st.tuples(st.just("check"), st.lists(st.sampled_from(["a", "b", "c"]), max_size=3).map("/".join)),
+), max_size=25)
+
+
+def model_view(objects: dict[str, bytes], path: str) -> tuple[str, object]:
+    """What the reference model says ``path`` is: ('dir', names) / ('file', data) / ('none', None).
+
+    Directory-bucket rules: a directory exists exactly while some key lies under it (and wins over
+    a key of the same name); a child name is shown only if it is a valid file name.
+    """
+    prefix = path + "/" if path else ""
+    under = [key[len(prefix):] for key in objects if key.startswith(prefix)]
+    if path == "" or under:
+        shown = set()
+        for rest in under:
+            head = rest.partition("/")[0]
+            if head not in ("", ".", "..") and len(head.encode()) <= 255:
+                shown.add(head)
+        return "dir", shown
+    if path in objects:
+        return "file", objects[path]
+    return "none", None
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(OPS)
+def test_random_operations_match_the_model(ops):
+    async def check(fs, client):
+        model: dict[str, bytes] = {}
+        for op in ops:
+            if op[0] == "put":
+                model[op[1]] = op[2]
+                await client.put(op[1], op[2])
+            elif op[0] == "delete":
+                model.pop(op[1], None)
+                await client.delete(op[1])
+            else:
+                path = op[1]
+                kind, value = model_view(model, path)
+                # A path is visible only if every ancestor is a visible directory.
+                parts = path.split("/") if path else []
+                for depth in range(len(parts)):
+                    if model_view(model, "/".join(parts[:depth]))[0] != "dir":
+                        kind = "none"
+                ino = await resolve(fs, path)
+                if kind == "none":
+                    assert ino == 0, path
+                elif kind == "dir":
+                    assert ino and fs.inodes.get(ino).is_dir, path
+                    assert await names(fs, ino) == value, path
+                else:
+                    assert ino and not fs.inodes.get(ino).is_dir, path
+                    assert await read_all(fs, ino) == value, path
+    run(check, metadata_ttl=0, negative_ttl=0)

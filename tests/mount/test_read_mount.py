@@ -1,0 +1,212 @@
+"""Reading through a real mount of s3xfs on s3xfs-localzone."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import random
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.localzone import DIRECTORY_BUCKET as BUCKET, LocalZone
+from tests.support.mount import needs_fuse
+
+pytestmark = [pytest.mark.fuse, needs_fuse]
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def server(localzone_factory) -> LocalZone:
+    return localzone_factory("--bucket", BUCKET)
+
+
+def make_tree(server: LocalZone, prefix: str = "") -> dict[str, bytes]:
+    """A small dataset: nested directories, empty and odd-named files."""
+    s3 = server.client()
+    rng = random.Random(1)
+    tree: dict[str, bytes] = {}
+    for d in range(3):
+        for f in range(5):
+            tree[f"{prefix}dir{d}/sub/file{f}.bin"] = rng.randbytes(rng.randrange(0, 200_000))
+        tree[f"{prefix}dir{d}/top {d}.txt"] = f"top {d}\n".encode()
+    tree[f"{prefix}empty"] = b""
+    tree[f"{prefix}ünïcode name+%.txt"] = b"unicode\n"
+    for key, data in tree.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    return tree
+
+
+def test_find_ls_stat_cat_sha256sum(server, mount_factory):
+    tree = make_tree(server)
+    mount = mount_factory(server, BUCKET, "--read-only")
+    found = subprocess.run(["find", ".", "-type", "f"], cwd=mount.path, capture_output=True, text=True, check=True)
+    assert sorted(line[2:] for line in found.stdout.splitlines()) == sorted(tree)
+    listing = subprocess.run(["ls", "-lR"], cwd=mount.path, capture_output=True, text=True, check=True)
+    assert "file4.bin" in listing.stdout and "top 2.txt" in listing.stdout
+    for key, data in tree.items():
+        info = os.stat(mount.path / key)
+        assert info.st_size == len(data)
+    sums = subprocess.run(["sha256sum", *tree], cwd=mount.path, capture_output=True, text=True, check=True)
+    expected = {key: hashlib.sha256(data).hexdigest() for key, data in tree.items()}
+    for line in sums.stdout.splitlines():
+        digest, name = line.split("  ", 1)
+        assert expected[name] == digest
+    assert (mount.path / "dir0" / "top 0.txt").read_text() == "top 0\n"
+
+
+def test_listing_serves_later_lookups_without_head_requests(server, mount_factory):
+    make_tree(server)
+    mount = mount_factory(server, BUCKET, "--read-only", "--metadata-ttl", "60")
+    os.listdir(mount.path / "dir1" / "sub")
+    server.reset_stats()
+    for n in range(5):
+        os.stat(mount.path / "dir1" / "sub" / f"file{n}.bin")
+    with pytest.raises(FileNotFoundError):
+        os.stat(mount.path / "dir1" / "sub" / "missing")
+    requests = server.stats()["requests"]
+    assert requests.get("HeadObject", 0) == 0 and requests.get("ListObjectsV2", 0) == 0
+
+
+def test_large_file_sequential_and_random_reads(server, mount_factory):
+    data = random.Random(2).randbytes(48 * MiB + 12345)
+    server.client().put_object(Bucket=BUCKET, Key="big.bin", Body=data)
+    mount = mount_factory(server, BUCKET, "--read-only")
+    with open(mount.path / "big.bin", "rb") as f:
+        assert hashlib.sha256(f.read()).digest() == hashlib.sha256(data).digest()
+    rng = random.Random(3)
+    fd = os.open(mount.path / "big.bin", os.O_RDONLY)
+    try:
+        for _ in range(200):
+            offset = rng.randrange(0, len(data) + 100)
+            size = rng.choice([1, 4096, 128 * 1024, 1 * MiB, 3 * MiB + 7])
+            assert os.pread(fd, size, offset) == data[offset:offset + size]
+    finally:
+        os.close(fd)
+
+
+def test_many_concurrent_readers(server, mount_factory):
+    rng = random.Random(4)
+    files = {f"par/{n}.bin": rng.randbytes(3 * MiB + n) for n in range(8)}
+    s3 = server.client()
+    for key, data in files.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    mount = mount_factory(server, BUCKET, "--read-only")
+    errors: list[str] = []
+
+    def reader(key: str, data: bytes) -> None:
+        for _ in range(3):
+            if (mount.path / key).read_bytes() != data:
+                errors.append(key)
+
+    threads = [threading.Thread(target=reader, args=item) for item in files.items() for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+
+
+def test_object_replaced_behind_the_mount_is_never_mixed(server, mount_factory):
+    s3 = server.client()
+    old = b"A" * (24 * MiB)
+    new = b"B" * (24 * MiB)
+    s3.put_object(Bucket=BUCKET, Key="changing.bin", Body=old)
+    mount = mount_factory(server, BUCKET, "--read-only", "--metadata-ttl", "1")
+    path = mount.path / "changing.bin"
+    with open(path, "rb", buffering=0) as f:
+        first = f.read(MiB)
+        s3.put_object(Bucket=BUCKET, Key="changing.bin", Body=new)
+        rest = b""
+        try:
+            while chunk := f.read(4 * MiB):
+                rest += chunk
+        except OSError as exc:
+            assert exc.errno == errno.ESTALE
+        whole = first + rest
+        assert set(whole) == {ord("A")}  # only the version seen at open, never a mix
+    time.sleep(1.2)  # past the metadata TTL, a new open sees the new object
+    assert path.read_bytes() == new
+
+
+def test_read_only_mount_refuses_writes_and_sends_none(server, mount_factory):
+    make_tree(server)
+    server.reset_stats()
+    mount = mount_factory(server, BUCKET, "--read-only")
+    attempts = [
+        lambda: (mount.path / "new.txt").write_text("x"),
+        lambda: (mount.path / "dir0" / "top 0.txt").write_text("x"),
+        lambda: os.mkdir(mount.path / "newdir"),
+        lambda: os.unlink(mount.path / "empty"),
+        lambda: os.rename(mount.path / "empty", mount.path / "empty2"),
+        lambda: os.rmdir(mount.path / "dir0"),
+        lambda: os.truncate(mount.path / "empty", 0),
+        lambda: os.setxattr(mount.path / "empty", "user.x", b"1"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(OSError) as excinfo:
+            attempt()
+        assert excinfo.value.errno == errno.EROFS
+    assert (mount.path / "dir0" / "top 0.txt").read_text() == "top 0\n"
+    stats = server.stats()
+    assert stats["mutating_requests"] == 0
+    assert stats["sessions"]["ReadWrite"] == 0 and stats["sessions"]["ReadOnly"] >= 1
+
+
+def test_xattrs_expose_object_facts(server, mount_factory):
+    put = server.client().put_object(Bucket=BUCKET, Key="x/facts.txt", Body=b"facts", ChecksumAlgorithm="CRC32")
+    mount = mount_factory(server, BUCKET, "--read-only")
+    path = mount.path / "x" / "facts.txt"
+    assert os.getxattr(path, "user.s3xfs.etag").decode() == put["ETag"].strip('"')
+    assert os.getxattr(path, "user.s3xfs.key").decode() == "x/facts.txt"
+    assert os.getxattr(path, "user.s3xfs.storage_class").decode() == "EXPRESS_ONEZONE"
+    assert "user.s3xfs.etag" in os.listxattr(path)
+    with pytest.raises(OSError) as excinfo:
+        os.getxattr(path, "user.other")
+    assert excinfo.value.errno == errno.ENODATA
+
+
+def test_name_rules_hide_what_cannot_be_a_path(server, mount_factory):
+    s3 = server.client()
+    for key in ["ok/visible.txt", "ok//double", "ok/./dot", "ok/../escape", "ok/" + "n" * 300,
+                "clash", "clash/inside.txt"]:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"x")
+    mount = mount_factory(server, BUCKET, "--read-only")
+    assert sorted(os.listdir(mount.path / "ok")) == ["visible.txt"]
+    assert (mount.path / "clash").is_dir()  # the directory shadows the file of the same name
+    assert os.listdir(mount.path / "clash") == ["inside.txt"]
+    assert not (mount.path / "escape").exists()
+
+
+def test_prefix_mount_shows_only_the_prefix(server, mount_factory):
+    make_tree(server, prefix="datasets/v1/")
+    server.client().put_object(Bucket=BUCKET, Key="outside.txt", Body=b"no")
+    mount = mount_factory(server, f"s3://{BUCKET}/datasets/v1/", "--read-only")
+    assert sorted(os.listdir(mount.path)) == sorted(["dir0", "dir1", "dir2", "empty", "ünïcode name+%.txt"])
+    assert not (mount.path / "outside.txt").exists()
+    assert (mount.path / "dir2" / "top 2.txt").read_text() == "top 2\n"
+
+
+def test_o_direct_and_statfs(server, mount_factory):
+    server.client().put_object(Bucket=BUCKET, Key="direct.bin", Body=b"d" * 8192)
+    mount = mount_factory(server, BUCKET, "--read-only")
+    fd = os.open(mount.path / "direct.bin", os.O_RDONLY | os.O_DIRECT)
+    try:
+        assert os.read(fd, 8192) == b"d" * 8192
+    finally:
+        os.close(fd)
+    assert os.statvfs(mount.path).f_namemax == 255
+
+
+def test_page_cache_is_kept_while_the_etag_is_unchanged(server, mount_factory):
+    data = os.urandom(4 * MiB)
+    server.client().put_object(Bucket=BUCKET, Key="cached.bin", Body=data)
+    mount = mount_factory(server, BUCKET, "--read-only", "--metadata-ttl", "60")
+    assert (mount.path / "cached.bin").read_bytes() == data
+    server.reset_stats()
+    assert (mount.path / "cached.bin").read_bytes() == data
+    assert server.stats()["requests"].get("GetObject", 0) == 0

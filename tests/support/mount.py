@@ -1,0 +1,88 @@
+"""Mount s3xfs on a test endpoint and always unmount it (fusermount3 -u -z) and stop the daemon by PID."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.localzone import ACCESS_KEY, REGION, SECRET_KEY, LocalZone
+
+FUSE_MISSING = None
+if not os.path.exists("/dev/fuse"):
+    FUSE_MISSING = "/dev/fuse is absent"
+elif shutil.which("fusermount3") is None:
+    FUSE_MISSING = "fusermount3 is not installed (Debian package fuse3)"
+needs_fuse = pytest.mark.skipif(FUSE_MISSING is not None, reason=FUSE_MISSING or "")
+
+
+def mount_env(access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(AWS_ACCESS_KEY_ID=access_key, AWS_SECRET_ACCESS_KEY=secret_key)
+    return env
+
+
+def s3xfs_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "s3xfs.cli", *args]
+
+
+def force_unmount(path: Path) -> None:
+    if os.path.ismount(path):
+        subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
+
+
+class Mount:
+    """``s3xfs mount --foreground`` in a subprocess we own; ready when the path is a mount point."""
+
+    def __init__(self, server: LocalZone, source: str, mountpoint: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.server = server
+        self.source = source
+        self.path = mountpoint
+        self.args = list(args)
+        self.env = env or mount_env()
+        self.log = mountpoint.parent / f"{mountpoint.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> "Mount":
+        self.path.mkdir(parents=True, exist_ok=True)
+        command = s3xfs_command("mount", self.source, str(self.path), "--foreground", "--endpoint-url", self.server.url,
+                                "--region", REGION, *self.args)
+        self.proc = subprocess.Popen(command, env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
+        deadline = time.monotonic() + timeout
+        while not os.path.ismount(self.path):
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"s3xfs exited with {self.proc.returncode}: {self.log.read_text()}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"mount not ready in {timeout} s: {self.log.read_text()}")
+            time.sleep(0.05)
+        return self
+
+    def stop(self) -> int | None:
+        """SIGTERM the daemon (it unmounts), then make sure: lazy unmount, kill by PID."""
+        code = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    code = self.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    force_unmount(self.path)
+                    self.proc.kill()
+                    code = self.proc.wait(timeout=10)
+            else:
+                code = self.proc.returncode
+        force_unmount(self.path)
+        return code
+
+    def __enter__(self) -> "Mount":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
