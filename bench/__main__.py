@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from bench import localzone
+from bench import localzone, mount
 
-SUITES = {"localzone": localzone.main}
+SUITES = {"localzone": localzone.main, "mount": mount.main}
 
 
 def main() -> int:

@@ -25,6 +25,7 @@ from .client.s3 import ClientOptions, open_client
 from .config import MountConfig
 from .core.fs import Filesystem, FsOptions
 from .fuse_ops import FuseOperations
+from .notify import notify
 
 log = logging.getLogger("s3xfs")
 
@@ -147,19 +148,19 @@ def _reason(exc: client_errors.ClientError) -> str:
 
 
 async def _mount_and_serve(config: MountConfig, fs: Filesystem, ready: Callable[[], None]) -> None:
+    ops = FuseOperations(fs)
     try:
-        pyfuse3.init(FuseOperations(fs), str(config.mountpoint), _fuse_options(config))
+        pyfuse3.init(ops, str(config.mountpoint), _fuse_options(config))
     except RuntimeError as exc:
         raise MountFailed(f"cannot mount on {config.mountpoint}: {exc}") from None
     unmounted = False
     try:
-        _raise_read_ahead(config)
         log.info("mounted %s%s at %s (%s)", config.bucket, f"/{config.prefix}" if config.prefix else "",
                  config.mountpoint, "read-only" if config.read_only else "read-write")
         async with trio.open_nursery() as nursery:
             fs.attach(nursery)
             nursery.start_soon(_watch_signals)
-            ready()
+            nursery.start_soon(_when_initialized, config, ops, ready)
             await pyfuse3.main()
             nursery.cancel_scope.cancel()
         await fs.close()
@@ -170,10 +171,26 @@ async def _mount_and_serve(config: MountConfig, fs: Filesystem, ready: Callable[
             pyfuse3.close(unmount=True)
 
 
+INIT_TIMEOUT = 5.0  # the kernel sends FUSE INIT as soon as the session starts reading
+
+
+async def _when_initialized(config: MountConfig, ops: FuseOperations, ready: Callable[[], None]) -> None:
+    """After the kernel's INIT (which resets the read-ahead to the negotiated 128 KiB): tune, then report ready."""
+    with trio.move_on_after(INIT_TIMEOUT):
+        await ops.initialized.wait()
+    if not ops.initialized.is_set():
+        log.warning("no FUSE INIT from the kernel within %.0f s", INIT_TIMEOUT)
+    await trio.sleep(0.05)  # INIT's reply is processed by the kernel just after our callback returned
+    _raise_read_ahead(config)
+    ready()
+    notify(f"READY=1\nSTATUS=Serving {config.bucket} at {config.mountpoint}\nMAINPID={os.getpid()}")
+
+
 async def _watch_signals() -> None:
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
             log.info("received %s: unmounting", signal.Signals(signum).name)
+            notify("STOPPING=1")
             pyfuse3.terminate()
             return
 
@@ -196,6 +213,6 @@ def _raise_read_ahead(config: MountConfig) -> None:
                     device = fields[2]
             path = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
         path.write_text(str(config.read_ahead_kb))
-        log.debug("read-ahead of %s set to %d KiB", target, config.read_ahead_kb)
+        log.debug("read-ahead of %s set to %s KiB", target, path.read_text().strip())
     except (OSError, UnboundLocalError, IndexError) as exc:
         log.debug("could not raise read-ahead of %s: %s", target, exc)

@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import pyfuse3
+import trio
 
 from .core.errors import FsError, errno_of
 from .core.fs import Attributes, Filesystem
@@ -65,6 +66,10 @@ class FuseOperations(pyfuse3.Operations):
     def __init__(self, fs: Filesystem) -> None:
         super().__init__()
         self.fs = fs
+        self.initialized = trio.Event()  # set once the kernel's FUSE INIT has been answered
+
+    def init(self) -> None:
+        self.initialized.set()
 
     @_translate
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:

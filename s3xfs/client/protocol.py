@@ -58,7 +58,7 @@ class ObjectClient(Protocol):
     async def head(self, key: str) -> ObjectInfo:
         """Metadata of ``key``; NotFound if absent."""
 
-    async def get_range(self, key: str, start: int, length: int, *, if_match: str | None = None) -> bytes:
+    async def get_range(self, key: str, start: int, length: int, *, if_match: str | None = None) -> bytes | bytearray:
         """Bytes [start, start+length) of ``key`` (fewer at the end of the object).
 
         ``if_match`` pins the read to the ETag seen at open: PreconditionFailed if it changed.

@@ -18,7 +18,7 @@ import math
 import os
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import trio
@@ -230,8 +230,23 @@ class Filesystem:
 
     async def opendir(self, ino: int) -> int:
         handle = DirHandle(self._dir(ino))
-        await self._load(handle)
+        if not self._reuse_listing(handle):
+            await self._load(handle)
         return self._dirs.add(handle)
+
+    def _reuse_listing(self, handle: DirHandle) -> bool:
+        """Within the TTL, a directory's last listing is still the answer: no request."""
+        directory = handle.inode
+        if directory.listing is None or directory.listing_expires <= self._clock():
+            return False
+        entries = [DirEntry(".", directory, False), DirEntry("..", self._inode(directory.parent), False)]
+        for name in directory.listing:
+            child = self.inodes.child(directory.ino, name)
+            if child is None:
+                return False  # the cache lost an entry (a lookup found it gone): list again
+            entries.append(DirEntry(name, child, True))
+        handle.entries, handle.loaded = entries, True
+        return True
 
     async def _load(self, handle: DirHandle) -> None:
         directory = handle.inode
@@ -271,9 +286,10 @@ class Filesystem:
             if child.name not in seen:
                 self.inodes.remove_name(directory.ino, child.name)
         directory.listing_expires = self._clock() + self.options.metadata_ttl
+        directory.listing = [entry.name for entry in entries[2:]]
         handle.entries, handle.loaded = entries, True
 
-    def readdir(self, fh: int, start: int) -> list[tuple[int, DirEntry]]:
+    def readdir(self, fh: int, start: int) -> Iterator[tuple[int, DirEntry]]:
         handle = self._dirs.get(fh)
         if handle is None:
             raise FsError(errno.EBADF)
@@ -319,11 +335,11 @@ class Filesystem:
             raise FsError(errno.EBADF)
         return handle
 
-    def read_buffered(self, fh: int, offset: int, size: int) -> bytes | None:
+    def read_buffered(self, fh: int, offset: int, size: int) -> bytes | memoryview | None:
         """The hot path: data already in memory, without an await (None if it must be fetched)."""
         return self._file(fh).prefetcher.read_buffered(offset, size)
 
-    async def read(self, fh: int, offset: int, size: int) -> bytes:
+    async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         handle = self._file(fh)
         try:
             return await handle.prefetcher.read(offset, size)
@@ -355,6 +371,10 @@ class Filesystem:
 
     def getxattr(self, ino: int, name: str) -> bytes:
         inode = self._inode(ino)
+        if not name.startswith("user."):
+            # Other namespaces (security.*, system.posix_acl_*) are not supported at all: saying
+            # so (rather than ENODATA) lets `ls -l` stop asking for them on every file.
+            raise FsError(errno.EOPNOTSUPP)
         if not name.startswith(XATTR_PREFIX):
             raise FsError(errno.ENODATA)
         value = self._xattr_value(inode, name[len(XATTR_PREFIX):])

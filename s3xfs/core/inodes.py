@@ -33,6 +33,7 @@ class Inode:
     checksum: str | None = None  # "<ALGORITHM>:<base64>" when the bucket reported one
     expires: float = 0.0  # attributes valid until (monotonic)
     listing_expires: float = 0.0  # directories: a complete listing of the children is valid until
+    listing: list[str] | None = None  # directories: the child names of that listing
     lookups: int = 0
     open_handles: int = 0
     cached_etag: str | None = None  # the ETag whose data the kernel page cache may hold

@@ -95,7 +95,7 @@ __all__ = ["MemoryBudget", "Prefetcher", "Reclaimable"]
 
 log = logging.getLogger(__name__)
 
-STAT_KEYS = ("parts_fetched", "bytes_fetched", "hits", "misses", "sequential_reads", "random_reads",
+STAT_KEYS = ("parts_fetched", "bytes_fetched", "hits", "misses", "sequential_reads", "random_reads", "in_block_reads",
              "readahead_skipped", "reclaimed_bytes")
 
 
@@ -320,6 +320,9 @@ class Prefetcher:
         self._pos = 0
         self._window = initial_window
         self._streaming = False  # a sequential read started the stream; a random one stops it
+        # The aligned blocks the last random read fetched: the kernel splits a 256 KiB read into
+        # 128 KiB requests, and the second half must not look like the start of a stream.
+        self._block_zone = (0, 0)
 
         self._nursery: trio.Nursery | None = None
         self._scope: trio.CancelScope | None = None
@@ -431,7 +434,7 @@ class Prefetcher:
 
     # --- reads -------------------------------------------------------------------------------
 
-    def read_buffered(self, offset: int, size: int) -> bytes | None:
+    def read_buffered(self, offset: int, size: int) -> bytes | memoryview | None:
         """The hot path: the bytes of ``[offset, offset + size)`` (cut at the end of the object) if
         they have all arrived already, else None. Never awaits; on a hit it also advances the
         sequential state and schedules more read-ahead, so the stream keeps flowing."""
@@ -451,7 +454,7 @@ class Prefetcher:
             start = buf.start
             data = buf.data
             assert data is not None
-            result = data[offset - start:end - start]
+            result = memoryview(data)[offset - start:end - start]  # no copy: pyfuse3 takes any buffer
         else:
             nxt = self._lookup(buf.end)
             if nxt is None or nxt.data is None or end > nxt.end:
@@ -465,7 +468,7 @@ class Prefetcher:
         self._note_read(offset, end)
         return result
 
-    async def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes | memoryview:
         """``min(size, object size - offset)`` bytes at ``offset`` (b'' at or past the end), waiting
         for whatever is in flight. Raises the client's error for a failed GET (PreconditionFailed
         once the object has changed), trio.ClosedResourceError after :meth:`close`."""
@@ -498,7 +501,7 @@ class Prefetcher:
             p = buf.end
 
         # Collect, pinning one buffer at a time (invariant 4).
-        pieces: list[bytes] = []
+        pieces: list[memoryview] = []
         p = offset
         while p < end:
             if self._dead:
@@ -522,7 +525,7 @@ class Prefetcher:
                 assert buf.error is not None
                 raise _fresh(buf.error)
             stop = end if end < buf.end else buf.end
-            pieces.append(data[p - buf.start:stop - buf.start])
+            pieces.append(memoryview(data)[p - buf.start:stop - buf.start])
             p = stop
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
@@ -551,6 +554,11 @@ class Prefetcher:
         """Classify a read of [offset, end) and move the stream along (synchronous). True if the
         read was sequential: the stream is then active and starts at or before ``offset``, or
         after blocks that cover ``offset``."""
+        zone_start, zone_end = self._block_zone
+        if not self._streaming and zone_start <= offset and end <= zone_end:
+            self.stats["in_block_reads"] += 1  # still inside the blocks a random read fetched
+            self._pos = max(self._pos, end)
+            return False
         if self._s_start <= offset < self._s_end or self._pos - self._block_size <= offset <= self._pos + self._window:
             self.stats["sequential_reads"] += 1
             segs = self._segs
@@ -568,6 +576,8 @@ class Prefetcher:
         self._streaming = False
         self._window = self._initial_window
         self._pos = end
+        block = self._block_size
+        self._block_zone = (offset - offset % block, min(self.size, -(-end // block) * block))
         return False
 
     def _pass(self, offset: int) -> None:

@@ -8,6 +8,8 @@ happens in the bucket meanwhile.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from .inodes import Inode
@@ -26,6 +28,7 @@ class DirHandle:
     entries: list[DirEntry] = field(default_factory=list)
     loaded: bool = False
 
-    def page(self, start: int) -> list[tuple[int, DirEntry]]:
-        """Entries from offset ``start`` on, with the offset that follows each."""
-        return [(index + 1, entry) for index, entry in enumerate(self.entries[start:], start)]
+    def page(self, start: int) -> Iterator[tuple[int, DirEntry]]:
+        """Entries from offset ``start`` on, with the offset that follows each (lazily: the kernel
+        takes a few dozen per call, and a directory may hold many thousands)."""
+        return zip(itertools.count(start + 1), itertools.islice(self.entries, start, None))

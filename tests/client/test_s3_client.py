@@ -271,3 +271,26 @@ def test_sixty_seconds_of_two_second_sessions_without_a_failed_operation(localzo
     # when half the lifetime (plus up to 10% jitter) remains: one session per 0.4-1.0 s.
     assert elapsed / 1.0 * 0.9 <= created <= elapsed / 0.4 * 1.1
     assert server.stats()["errors"].get("ExpiredToken", 0) == 0
+
+
+def test_ranged_gets_use_the_single_copy_receive_path(localzone: LocalZone, monkeypatch):
+    """urllib3's response keeps the http.client response as ``_fp``: if that changes, reads still
+    work (through read()) but this test says the fast path is gone."""
+    import s3xfs.client.s3 as s3_module
+
+    used = []
+    original = s3_module._read_exactly
+
+    def spy(body, length):
+        used.append(hasattr(getattr(body, "_raw_stream", None), "_fp"))
+        return original(body, length)
+
+    monkeypatch.setattr(s3_module, "_read_exactly", spy)
+
+    async def main():
+        async with open_client(bucket(), options(localzone)) as client:
+            await client.put("fast/x", bytes(range(256)) * 4096)
+            assert await client.get_range("fast/x", 1000, 300_000) == (bytes(range(256)) * 4096)[1000:301_000]
+
+    trio.run(main)
+    assert used == [True]

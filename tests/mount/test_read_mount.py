@@ -210,3 +210,28 @@ def test_page_cache_is_kept_while_the_etag_is_unchanged(server, mount_factory):
     server.reset_stats()
     assert (mount.path / "cached.bin").read_bytes() == data
     assert server.stats()["requests"].get("GetObject", 0) == 0
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="raising a mount's read-ahead needs root (sysfs)")
+def test_kernel_read_ahead_is_raised_after_fuse_init(server, mount_factory):
+    mount = mount_factory(server, BUCKET, "--read-only")
+    device = next(line.split()[2] for line in open("/proc/self/mountinfo") if line.split()[4] == str(mount.path))
+    assert Path(f"/sys/class/bdi/{device}/read_ahead_kb").read_text().strip() == "1024"
+
+
+def test_foreign_xattr_namespaces_are_unsupported(server, mount_factory):
+    server.client().put_object(Bucket=BUCKET, Key="f.txt", Body=b"x")
+    mount = mount_factory(server, BUCKET, "--read-only")
+    for name in ("security.selinux", "system.posix_acl_access"):
+        with pytest.raises(OSError) as excinfo:
+            os.getxattr(mount.path / "f.txt", name)
+        assert excinfo.value.errno == errno.EOPNOTSUPP
+
+
+def test_a_listing_within_the_ttl_is_reused(server, mount_factory):
+    make_tree(server)
+    mount = mount_factory(server, BUCKET, "--read-only", "--metadata-ttl", "60")
+    first = sorted(os.listdir(mount.path / "dir0" / "sub"))
+    server.reset_stats()
+    assert sorted(os.listdir(mount.path / "dir0" / "sub")) == first
+    assert server.stats()["requests"].get("ListObjectsV2", 0) == 0

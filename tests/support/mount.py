@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -32,6 +33,35 @@ def s3xfs_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "s3xfs.cli", *args]
 
 
+class NotifySocket:
+    """A NOTIFY_SOCKET for one daemon: collects the sd_notify messages it sends."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.messages: list[str] = []
+        self.path.unlink(missing_ok=True)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+
+    def receive(self, timeout: float) -> None:
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(4096)
+        except (TimeoutError, socket.timeout):
+            return
+        self.messages.extend(data.decode().splitlines())
+
+    def close(self) -> None:
+        self.sock.close()
+        self.path.unlink(missing_ok=True)
+
+    def __enter__(self) -> "NotifySocket":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def force_unmount(path: Path) -> None:
     if os.path.ismount(path):
         subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
@@ -50,18 +80,22 @@ class Mount:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 30.0) -> "Mount":
+        """Start the daemon and wait for its READY=1 (sd_notify), which it sends once the mount is usable."""
         self.path.mkdir(parents=True, exist_ok=True)
         command = s3xfs_command("mount", self.source, str(self.path), "--foreground", "--endpoint-url", self.server.url,
                                 "--region", REGION, *self.args)
-        self.proc = subprocess.Popen(command, env=self.env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
-        deadline = time.monotonic() + timeout
-        while not os.path.ismount(self.path):
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"s3xfs exited with {self.proc.returncode}: {self.log.read_text()}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"mount not ready in {timeout} s: {self.log.read_text()}")
-            time.sleep(0.05)
+        with NotifySocket(self.path.parent / f".{self.path.name}.notify") as notify:
+            env = dict(self.env, NOTIFY_SOCKET=str(notify.path))
+            self.proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=open(self.log, "ab"))
+            deadline = time.monotonic() + timeout
+            while "READY=1" not in notify.messages:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"s3xfs exited with {self.proc.returncode}: {self.log.read_text()}")
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"mount not ready in {timeout} s: {self.log.read_text()}")
+                notify.receive(0.05)
+        assert os.path.ismount(self.path)
         return self
 
     def stop(self) -> int | None:
