@@ -151,3 +151,27 @@ def test_missing_credentials_are_named(server, mountpoint):
     env = {k: v for k, v in mount_env().items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     result = run("mount", BUCKET, str(mountpoint), "--endpoint-url", server.url, "--region", REGION, env=env)
     assert result.returncode == 1 and "no AWS credentials found" in result.stderr
+
+
+def test_systemd_notifications_ready_and_stopping(server, mountpoint, tmp_path):
+    from tests.support.mount import NotifySocket
+
+    with NotifySocket(tmp_path / "notify.sock") as notify:
+        env = dict(mount_env(), NOTIFY_SOCKET=str(notify.path))
+        proc = subprocess.Popen(s3xfs_command("mount", BUCKET, str(mountpoint), "-f", "--endpoint-url", server.url,
+                                              "--region", REGION, "--read-only"), env=env, stderr=subprocess.PIPE)
+        try:
+            deadline = time.monotonic() + 30
+            while "READY=1" not in notify.messages:
+                assert proc.poll() is None and time.monotonic() < deadline
+                notify.receive(0.1)
+            assert os.path.ismount(mountpoint)  # READY=1 means usable
+            assert any(m.startswith("MAINPID=") and m.endswith(str(proc.pid)) for m in notify.messages)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+            notify.receive(1.0)
+            assert "STOPPING=1" in notify.messages
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
