@@ -27,7 +27,7 @@ from ..client import errors as client_errors
 from ..client.protocol import ObjectClient, ObjectInfo
 from .errors import FsError
 from .handles import FileHandle, HandleTable
-from .inodes import ROOT_INODE, Inode, InodeTable
+from .inodes import Inode, InodeTable
 from .names import name_problem
 from .prefetch import MemoryBudget, Prefetcher
 from .readdir import DirEntry, DirHandle
@@ -98,6 +98,7 @@ class Filesystem:
         self._dirs: HandleTable[DirHandle] = HandleTable()
         self._nursery: trio.Nursery | None = None
         self._hidden_logged: set[str] = set()
+        # How lookups were answered (for live stats): from the cache, negatively from the cache, or remotely.
         self.counters = {"lookups_remote": 0, "lookups_cached": 0, "lookups_negative_cached": 0, "listings": 0}
 
     def attach(self, nursery: trio.Nursery) -> None:
@@ -245,7 +246,7 @@ class Filesystem:
             if child is None:
                 return False  # the cache lost an entry (a lookup found it gone): list again
             entries.append(DirEntry(name, child, True))
-        handle.entries, handle.loaded = entries, True
+        handle.entries = entries
         return True
 
     async def _load(self, handle: DirHandle) -> None:
@@ -287,7 +288,7 @@ class Filesystem:
                 self.inodes.remove_name(directory.ino, child.name)
         directory.listing_expires = self._clock() + self.options.metadata_ttl
         directory.listing = [entry.name for entry in entries[2:]]
-        handle.entries, handle.loaded = entries, True
+        handle.entries = entries
 
     def readdir(self, fh: int, start: int) -> Iterator[tuple[int, DirEntry]]:
         handle = self._dirs.get(fh)
@@ -392,6 +393,3 @@ class Filesystem:
     async def close(self) -> None:
         for handle in self._files.values():
             await handle.prefetcher.close()
-
-    def is_root(self, ino: int) -> bool:
-        return ino == ROOT_INODE

@@ -26,7 +26,6 @@ class DirEntry:
 class DirHandle:
     inode: Inode
     entries: list[DirEntry] = field(default_factory=list)
-    loaded: bool = False
 
     def page(self, start: int) -> Iterator[tuple[int, DirEntry]]:
         """Entries from offset ``start`` on, with the offset that follows each (lazily: the kernel

@@ -110,6 +110,7 @@ def test_listing_serves_lookups_and_negative_answers_without_requests():
             assert (await fs.lookup(d, f"f{n}")).size == n
         assert (await fs.lookup(d, "absent")).ino == 0
         assert sum(client.calls.values()) == 0
+        assert fs.counters["lookups_cached"] == 50 and fs.counters["lookups_negative_cached"] == 1
     run(check, keys=keys, metadata_ttl=60)
 
 
