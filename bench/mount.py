@@ -45,6 +45,7 @@ from tests.support.mount import NotifySocket
 from bench.localzone import ACCESS_KEY, BUCKET, REGION, SECRET_KEY, Endpoint
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 READ_SIZE = 1 * MiB  # the reader's readinto() size
 PART = 8 * MiB  # direct baseline: ranged GET size (s3xfs's default --part-size)
 THREADS = 8  # direct baseline: parallel GETs (s3xfs's prefetcher runs up to 8 per file)
@@ -225,6 +226,35 @@ class RssSampler:
             pass
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """CPU time (user + system, all threads) of a process; ``None`` is this process."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+class CpuMeter:
+    """CPU seconds spent by the given processes (and this one) while the block runs: the cost of a
+    workload, which on a machine with few cores is what bounds its throughput."""
+
+    def __init__(self, *pids: int) -> None:
+        self.pids = pids
+        self.seconds = 0.0
+
+    def _total(self) -> float:
+        return cpu_seconds() + sum(cpu_seconds(pid) for pid in self.pids)
+
+    def __enter__(self) -> "CpuMeter":
+        self._start = self._total()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = self._total() - self._start
+
+
 def timed(fn: Callable[[], object]) -> float:
     started = time.perf_counter()
     fn()
@@ -264,10 +294,11 @@ def make_data(s3, workdir: Path, size: int, large_keys: list[str], entries: int)
 
 # --- the workloads ------------------------------------------------------------------------------
 
-def mount_sequential(mount: Mount, key: str, size: int) -> dict:
-    """Cold sequential read (with the daemon's RSS sampled), then re-reads from the page cache."""
+def mount_sequential(mount: Mount, endpoint_pid: int, key: str, size: int) -> dict:
+    """Cold sequential read (with the daemon's RSS sampled and the CPU of reader, daemon and
+    endpoint counted), then re-reads from the page cache."""
     idle_kib = rss_kib(mount.pid)
-    with RssSampler(mount.pid) as sampler:
+    with RssSampler(mount.pid) as sampler, CpuMeter(mount.pid, endpoint_pid) as cpu:
         total, cold = read_file(mount.path / key)
     assert total == size, f"read {total} bytes of {size}"
     hwm_kib = rss_kib(mount.pid, "VmHWM")
@@ -276,12 +307,14 @@ def mount_sequential(mount: Mount, key: str, size: int) -> dict:
         total, elapsed = read_file(mount.path / key)
         assert total == size
         rereads.append(size / elapsed)
-    return {"cold": size / cold, "reread": statistics.median(rereads), "rereads": rereads,
+    return {"cold": size / cold, "cpu_per_gib": cpu.seconds * GiB / size,
+            "reread": statistics.median(rereads), "rereads": rereads,
             "rss_idle_mib": idle_kib / 1024, "rss_peak_mib": sampler.peak_kib / 1024, "rss_hwm_mib": hwm_kib / 1024,
             "rss_samples": sampler.samples}
 
 
-def direct_parallel(s3, key: str, size: int, pool: ThreadPoolExecutor) -> float:
+def direct_parallel(s3, endpoint_pid: int, key: str, size: int, pool: ThreadPoolExecutor) -> tuple[float, float]:
+    """(bytes per second, CPU seconds per GiB of this process and the endpoint)."""
     def get(start: int) -> int:
         end = min(start + PART, size) - 1
         body = s3.get_object(Bucket=BUCKET, Key=key, Range=f"bytes={start}-{end}")["Body"]
@@ -290,11 +323,12 @@ def direct_parallel(s3, key: str, size: int, pool: ThreadPoolExecutor) -> float:
         finally:
             body.close()
 
-    started = time.perf_counter()
-    total = sum(pool.map(get, range(0, size, PART)))
-    elapsed = time.perf_counter() - started
+    with CpuMeter(endpoint_pid) as cpu:
+        started = time.perf_counter()
+        total = sum(pool.map(get, range(0, size, PART)))
+        elapsed = time.perf_counter() - started
     assert total == size
-    return size / elapsed
+    return size / elapsed, cpu.seconds * GiB / size
 
 
 def mount_random(mount: Mount, key: str, offsets: list[int]) -> float:
@@ -415,20 +449,22 @@ def serve_memory_fs(mountpoint: str, size: int) -> None:
         pyfuse3.close(unmount=True)
 
 
-def memory_fs_ceiling(owned: Owned, workdir: Path, size: int, repeats: int) -> tuple[float, int | None]:
+def memory_fs_ceiling(owned: Owned, workdir: Path, size: int, repeats: int) -> tuple[float, float, int | None]:
     mount = owned.mount(Mount([sys.executable, "-m", "bench.mount", "memory-fs", str(workdir / "memfs"), str(size)],
                               workdir / "memfs", workdir / "memfs.log"))
     try:
         read_file(mount.path / "data")  # after the first request the FUSE INIT has surely been answered
         read_ahead = read_ahead_kib(mount.path)
-        rates = []
+        rates, cpus = [], []
         for _ in range(repeats):
-            total, elapsed = read_file(mount.path / "data")
+            with CpuMeter(mount.pid) as cpu:
+                total, elapsed = read_file(mount.path / "data")
             assert total == size
             rates.append(size / elapsed)
+            cpus.append(cpu.seconds * GiB / size)
     finally:
         owned.unmount(mount)
-    return statistics.median(rates), read_ahead
+    return statistics.median(rates), statistics.median(cpus), read_ahead
 
 
 # --- the run ------------------------------------------------------------------------------------
@@ -450,21 +486,22 @@ def run(workdir: Path, owned: Owned, size: int, entries: int, repeats: int) -> d
     rng = random.Random(4)
     offsets = [slot * RANDOM_READ for slot in rng.sample(range(size // RANDOM_READ), min(RANDOM_COUNT, size // RANDOM_READ))]
 
-    m: dict[str, list] = {k: [] for k in ("seq_cold", "seq_reread", "random", "ttfb", "ls_cold", "ls_warm",
+    m: dict[str, list] = {k: [] for k in ("seq_cold", "seq_cold_cpu_per_gib", "seq_reread", "random", "ttfb", "ls_cold", "ls_warm",
                                           "rss_peak_mib", "rss_hwm_mib", "rss_idle_mib", "read_ahead_kib")}
-    b: dict[str, list] = {k: [] for k in ("seq_direct", "local_reread", "random", "ttfb", "ls_local")}
+    b: dict[str, list] = {k: [] for k in ("seq_direct", "seq_direct_cpu_per_gib", "local_reread", "random", "ttfb", "ls_local")}
     requests: dict[str, dict] = {}
     read_file(local_large)  # the local baselines read from the page cache
     ls_l(workdir / "local-many")
     with ThreadPoolExecutor(THREADS) as pool:
-        direct_parallel(direct, random_key, THREADS * PART, pool)  # the direct client's session and connections
+        direct_parallel(direct, owned.endpoint.proc.pid, random_key, THREADS * PART, pool)  # the direct client's session and connections
         for i in range(repeats):
             mount = owned.mount(Mount.s3xfs(url, workdir / f"mnt{i}", workdir / f"mnt{i}.log"))
             m["read_ahead_kib"].append(read_ahead_kib(mount.path))
             reset_stats(url)
-            seq = mount_sequential(mount, large_keys[i], size)
+            seq = mount_sequential(mount, owned.endpoint.proc.pid, large_keys[i], size)
             requests.setdefault("sequential", endpoint_stats(url)["requests"])
             m["seq_cold"].append(seq["cold"])
+            m["seq_cold_cpu_per_gib"].append(seq["cpu_per_gib"])
             m["seq_reread"].extend(seq["rereads"])
             for k in ("rss_peak_mib", "rss_hwm_mib", "rss_idle_mib"):
                 m[k].append(seq[k])
@@ -480,7 +517,9 @@ def run(workdir: Path, owned: Owned, size: int, entries: int, repeats: int) -> d
             requests.setdefault("ls", endpoint_stats(url)["requests"])
             owned.unmount(mount)
 
-            b["seq_direct"].append(direct_parallel(direct, large_keys[i], size, pool))
+            rate, cpu = direct_parallel(direct, owned.endpoint.proc.pid, large_keys[i], size, pool)
+            b["seq_direct"].append(rate)
+            b["seq_direct_cpu_per_gib"].append(cpu)
             b["local_reread"].extend(size / read_file(local_large)[1] for _ in range(3))
             b["random"].append(direct_random(direct, random_key, offsets))
             b["ttfb"].append(direct_ttfb(direct))
@@ -491,12 +530,12 @@ def run(workdir: Path, owned: Owned, size: int, entries: int, repeats: int) -> d
                   f"{m['ls_warm'][-1]:.3f} s, peak RSS {seq['rss_peak_mib']:.0f} MiB", flush=True)
     random_stats = requests.get("random", {})
     requests["random"] = {"requests": random_stats.get("requests", {}), "bytes_out": random_stats.get("bytes_out")}
-    memory_fs, memory_fs_read_ahead = memory_fs_ceiling(owned, workdir, size, repeats)
+    memory_fs, memory_fs_cpu, memory_fs_read_ahead = memory_fs_ceiling(owned, workdir, size, repeats)
     med = statistics.median
     return {"mount": {k: med(v) for k, v in m.items() if k != "read_ahead_kib"}
             | {"rss_peak_mib": max(m["rss_peak_mib"]), "read_ahead_kib": m["read_ahead_kib"][0]},
             "baseline": {k: med(v) for k, v in b.items()},
-            "memory_fs": memory_fs, "memory_fs_read_ahead_kib": memory_fs_read_ahead,
+            "memory_fs": memory_fs, "memory_fs_cpu_per_gib": memory_fs_cpu, "memory_fs_read_ahead_kib": memory_fs_read_ahead,
             "runs": {"mount": m, "baseline": b}, "endpoint_requests_first_repeat": requests,
             "random_read": {"reads": len(offsets), "bytes": len(offsets) * RANDOM_READ}}
 
@@ -562,6 +601,17 @@ def main(quick: bool = False) -> dict:
     rnd = wire["random"]
     print(f"\nfor reference: a minimal pyfuse3 filesystem serving {size // MiB} MiB from memory (no fetching; kernel "
           f"read-ahead {result['memory_fs_read_ahead_kib']} KiB) reads at {result['memory_fs'] / 1e9:.2f} GB/s here")
+    cores = os.cpu_count() or 1
+    cpu_mount, cpu_direct = result["mount"]["seq_cold_cpu_per_gib"], result["baseline"]["seq_direct_cpu_per_gib"]
+    cpu_memfs = result["memory_fs_cpu_per_gib"]
+    bound = cores * GiB / (cpu_direct + cpu_memfs)
+    print(f"CPU per GiB of the cold sequential read (all processes, core-seconds): s3xfs {cpu_mount:.2f} (reader + "
+          f"daemon + endpoint), direct {cpu_direct:.2f} (boto3 + endpoint), in-memory pyfuse3 filesystem "
+          f"{cpu_memfs:.2f} (reader + daemon)")
+    print(f"a mount must do at least the direct fetch's work plus the FUSE delivery's: with {cores} cores fully "
+          f"busy that bounds any mount here to {bound / 1e9:.2f} GB/s = {bound / result['baseline']['seq_direct']:.2f} "
+          f"of direct; s3xfs at {cpu_mount:.2f} core-s/GiB is bounded to "
+          f"{cores * GiB / cpu_mount / 1e9:.2f} GB/s")
     print(f"kernel read-ahead of the s3xfs mount (caps sequential FUSE reads): {result['mount']['read_ahead_kib']} KiB")
     print(f"on the wire (first repeat): sequential read {wire['sequential'].get('GetObject', 0)} GETs; "
           f"{RANDOM_COUNT} random reads {rnd['requests'].get('GetObject', 0)} GETs, "

@@ -25,6 +25,7 @@ from .client.s3 import ClientOptions, open_client
 from .config import MountConfig
 from .core.fs import Filesystem, FsOptions
 from .fuse_ops import FuseOperations
+from .malloc_tuning import keep_freed_buffers
 from .notify import notify
 
 log = logging.getLogger("s3xfs")
@@ -37,6 +38,7 @@ class MountFailed(Exception):
 def run(config: MountConfig) -> int:
     if config.foreground:
         _setup_logging(config, detached=False)
+        keep_freed_buffers()
         try:
             trio.run(serve, config, lambda: None)
         except MountFailed as exc:
@@ -51,6 +53,7 @@ def run(config: MountConfig) -> int:
     os.close(read_end)
     os.setsid()
     _setup_logging(config, detached=True)
+    keep_freed_buffers()
     status = 1
     try:
         trio.run(serve, config, lambda: _report(write_end, "ready"))
