@@ -14,7 +14,7 @@ from pathlib import Path
 
 from . import __version__
 from .client.naming import NamingError, check_endpoint_override, check_region, parse_mount_source, region_for
-from .config import INDEFINITE, MountConfig
+from .config import INDEFINITE, MountConfig, default_staging_dir
 
 SIZE_SUFFIXES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 MIN_PART_SIZE = 1024 * 1024  # below this, per-request overhead dominates reads
@@ -67,7 +67,7 @@ def _positive_int(text: str, what: str, low: int, high: int) -> int:
 O_FLAGS = {"ro": ("read_only", True), "rw": ("read_only", False), "read-only": ("read_only", True),
            "foreground": ("foreground", True), "allow-other": ("allow_other", True), "allow-root": ("allow_root", True)}
 O_VALUES = {"region", "endpoint-url", "profile", "prefix", "uid", "gid", "file-mode", "dir-mode", "metadata-ttl",
-            "negative-ttl", "max-threads", "part-size", "log-level", "log-file"}
+            "negative-ttl", "max-threads", "part-size", "staging-dir", "log-level", "log-file"}
 
 
 def apply_o_options(args: argparse.Namespace, values: list[str]) -> None:
@@ -111,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--metadata-ttl", help="seconds to trust cached metadata, or 'indefinite' (default: 1)")
     mount.add_argument("--negative-ttl", help="seconds to trust 'no such file' (default: 1)")
     mount.add_argument("--max-threads", help="concurrent S3 requests (default: 32)")
-    mount.add_argument("--part-size", help="size of ranged GETs, e.g. 8M (default: 8 MiB)")
+    mount.add_argument("--part-size", help="size of ranged GETs and of upload parts (at least 5 MiB), e.g. 8M (default: 8 MiB)")
+    mount.add_argument("--staging-dir", help="where files written out of order are kept until uploaded, and failed "
+                                             "uploads are rescued (default: /var/tmp/s3xfs-UID)")
     mount.add_argument("--log-level", help="DEBUG, INFO, WARNING (default) or ERROR")
     mount.add_argument("--log-file", help="log to this file (default: stderr in the foreground, syslog otherwise)")
     mount.add_argument("-o", dest="o", action="append", default=[], metavar="KEY[=VALUE],...",
@@ -152,7 +154,8 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
         metadata_ttl=_seconds(args.metadata_ttl, "--metadata-ttl", True) if args.metadata_ttl else MountConfig.metadata_ttl,
         negative_ttl=_seconds(args.negative_ttl, "--negative-ttl", True) if args.negative_ttl else MountConfig.negative_ttl,
         max_threads=_positive_int(args.max_threads, "--max-threads", 1, 1024) if args.max_threads else MountConfig.max_threads,
-        part_size=part_size, log_level=level, log_file=Path(args.log_file).absolute() if args.log_file else None,
+        part_size=part_size, staging_dir=Path(args.staging_dir).absolute() if args.staging_dir else default_staging_dir(),
+        log_level=level, log_file=Path(args.log_file).absolute() if args.log_file else None,
         fsname=f"s3xfs:{source.bucket.name}" + (f"/{source.prefix}" if source.prefix else ""),
     )
 

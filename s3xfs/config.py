@@ -10,6 +10,11 @@ from pathlib import Path
 INDEFINITE = math.inf
 
 
+def default_staging_dir() -> Path:
+    """Per user, so two users' mounts never share (or fight over the mode of) one directory."""
+    return Path(f"/var/tmp/s3xfs-{os.getuid()}")
+
+
 @dataclass(frozen=True)
 class MountConfig:
     bucket: str
@@ -34,6 +39,9 @@ class MountConfig:
     max_threads: int = 32  # concurrent S3 requests (worker threads and pooled connections)
     part_size: int = 8 * 1024 * 1024  # ranged GET size: large enough to amortise a request, small enough to start fast
     read_buffer: int = 256 * 1024 * 1024  # all read-ahead buffers of the mount together
+    # Out-of-order writes are staged here, and the data of failed uploads is rescued here: on disk,
+    # not in /tmp (often RAM, often wiped at boot) so a crash or a failed upload loses nothing.
+    staging_dir: Path = Path("/var/tmp/s3xfs")
     read_ahead_kb: int = 1024  # kernel read-ahead for the mount: lets the kernel send 1 MiB reads (FUSE max_pages 256)
     fsname: str = "s3xfs"
     log_level: str = "WARNING"

@@ -137,7 +137,8 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
             fs = Filesystem(client, FsOptions(
                 prefix=config.prefix, read_only=config.read_only, uid=config.uid, gid=config.gid,
                 file_mode=config.file_mode, dir_mode=config.dir_mode, metadata_ttl=config.metadata_ttl,
-                negative_ttl=config.negative_ttl, part_size=config.part_size, read_buffer=config.read_buffer))
+                negative_ttl=config.negative_ttl, part_size=config.part_size, read_buffer=config.read_buffer,
+                staging_dir=str(config.staging_dir)))
             await _mount_and_serve(config, fs, ready)
     except client_errors.ClientError as exc:
         raise MountFailed(_reason(exc)) from None

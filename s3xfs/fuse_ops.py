@@ -10,6 +10,7 @@ import errno
 import functools
 import logging
 import os
+import stat
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -32,7 +33,7 @@ def _translate(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[
             raise
         except Exception as exc:  # noqa: BLE001 - the boundary: everything becomes an errno
             code = errno_of(exc)
-            if code not in (errno.ENOENT, errno.ENODATA, errno.EROFS):
+            if code not in (errno.ENOENT, errno.ENODATA, errno.EROFS, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTSUP):
                 log.info("%s failed: %s", handler.__name__, exc)
             raise pyfuse3.FUSEError(code) from None
     return wrapper
@@ -142,35 +143,59 @@ class FuseOperations(pyfuse3.Operations):
             raise FsError(errno.EROFS)
         return True
 
-    # Everything that changes the bucket: refused with a precise errno until writing lands
-    # (EROFS on read-only mounts; EOPNOTSUPP otherwise).
-    @_translate
-    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
-        self.fs.refuse_write()
+    # --- writing (read-only mounts: the core answers EROFS) ------------------------------------
 
     @_translate
-    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
-        self.fs.refuse_write()
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
+                     ctx: pyfuse3.RequestContext) -> tuple[pyfuse3.FileInfo, pyfuse3.EntryAttributes]:
+        if not stat.S_ISREG(mode):
+            self.fs.refuse_write()
+        result, attrs = await self.fs.create(parent_inode, os.fsdecode(name), flags)
+        return pyfuse3.FileInfo(fh=result.fh, keep_cache=False, direct_io=result.direct_io), entry(attrs)
 
     @_translate
-    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: Any) -> Any:
-        self.fs.refuse_write()
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        return await self.fs.write(fh, off, buf)
 
     @_translate
-    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
-        self.fs.refuse_write()
+    async def flush(self, fh: int) -> None:
+        await self.fs.flush(fh)
 
     @_translate
-    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        self.fs.refuse_write()
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        await self.fs.fsync(fh)
 
     @_translate
-    async def rmdir(self, parent_inode: int, name: bytes, ctx: Any) -> None:
-        self.fs.refuse_write()
+    async def setattr(self, inode: int, attr: pyfuse3.EntryAttributes, fields: pyfuse3.SetattrFields, fh: int | None,
+                      ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return entry(await self.fs.setattr(
+            inode,
+            size=attr.st_size if fields.update_size else None,
+            mode=attr.st_mode if fields.update_mode else None,
+            uid=attr.st_uid if fields.update_uid else None,
+            gid=attr.st_gid if fields.update_gid else None,
+            mtime=attr.st_mtime_ns / 1e9 if fields.update_mtime else None))
+
+    @_translate
+    async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: pyfuse3.RequestContext) -> pyfuse3.EntryAttributes:
+        return entry(await self.fs.mkdir(parent_inode, os.fsdecode(name)))
+
+    @_translate
+    async def unlink(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.fs.unlink(parent_inode, os.fsdecode(name))
+
+    @_translate
+    async def rmdir(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> None:
+        await self.fs.rmdir(parent_inode, os.fsdecode(name))
 
     @_translate
     async def rename(self, parent_inode_old: int, name_old: bytes, parent_inode_new: int, name_new: bytes,
-                     flags: int, ctx: Any) -> None:
+                     flags: int, ctx: pyfuse3.RequestContext) -> None:
+        await self.fs.rename(parent_inode_old, os.fsdecode(name_old), parent_inode_new, os.fsdecode(name_new), flags)
+
+    # What a bucket cannot hold: special files, links, and extended attributes of one's own.
+    @_translate
+    async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int, ctx: Any) -> Any:
         self.fs.refuse_write()
 
     @_translate
@@ -182,14 +207,9 @@ class FuseOperations(pyfuse3.Operations):
         self.fs.refuse_write()
 
     @_translate
-    async def write(self, fh: int, off: int, buf: bytes) -> int:
-        self.fs.refuse_write()
-        return 0
-
-    @_translate
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: Any) -> None:
-        self.fs.refuse_write()
+        self.fs.refuse_xattr_change()
 
     @_translate
     async def removexattr(self, inode: int, name: bytes, ctx: Any) -> None:
-        self.fs.refuse_write()
+        self.fs.refuse_xattr_change()

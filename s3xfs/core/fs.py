@@ -31,6 +31,7 @@ from .inodes import Inode, InodeTable
 from .names import name_problem
 from .prefetch import MemoryBudget, Prefetcher
 from .readdir import DirEntry, DirHandle
+from .upload import AppendUpload, Condition, NotSequential, StagedFile, Staging, StreamUpload, Writer
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ XATTR_PREFIX = "user.s3xfs."
 XATTRS = ("key", "etag", "storage_class", "checksum")
 KERNEL_FOREVER = 365 * 24 * 3600.0  # what "indefinite" TTLs become for the kernel (seconds)
 BLOCK_SIZE = 512  # st_blocks unit
+RENAME_NOREPLACE = 1  # renameat2(2) flags, as FUSE passes them
+RENAME_EXCHANGE = 2
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class FsOptions:
     negative_ttl: float = 1.0
     part_size: int = 8 << 20
     read_buffer: int = 256 << 20
+    write_buffer: int = 128 << 20  # all parts of all files waiting to be uploaded (then writers wait)
+    staging_dir: str = "/var/tmp/s3xfs"  # see s3xfs/config.py
 
 
 @dataclass(frozen=True)
@@ -94,6 +99,9 @@ class Filesystem:
         self._clock = clock
         self.inodes = InodeTable(options.prefix, time.time(), clock)
         self.budget = MemoryBudget(options.read_buffer)
+        self.write_budget = MemoryBudget(options.write_buffer)
+        self.staging = Staging(options.staging_dir)
+        self._locks: dict[int, trio.Lock] = {}
         self._files: HandleTable[FileHandle] = HandleTable()
         self._dirs: HandleTable[DirHandle] = HandleTable()
         self._nursery: trio.Nursery | None = None
@@ -116,10 +124,14 @@ class Filesystem:
     def attributes(self, inode: Inode) -> Attributes:
         o = self.options
         ttl = self._kernel_ttl(o.metadata_ttl)
+        uid = o.uid if inode.uid is None else inode.uid
+        gid = o.gid if inode.gid is None else inode.gid
         if inode.is_dir:
-            return Attributes(inode.ino, True, 0, inode.mtime, stat.S_IFDIR | o.dir_mode, o.uid, o.gid, 2, 0, 4096, ttl, ttl)
+            mode = o.dir_mode if inode.mode is None else inode.mode
+            return Attributes(inode.ino, True, 0, inode.mtime, stat.S_IFDIR | mode, uid, gid, 2, 0, 4096, ttl, ttl)
+        mode = o.file_mode if inode.mode is None else inode.mode
         blocks = (inode.size + BLOCK_SIZE - 1) // BLOCK_SIZE
-        return Attributes(inode.ino, False, inode.size, inode.mtime, stat.S_IFREG | o.file_mode, o.uid, o.gid, 1,
+        return Attributes(inode.ino, False, inode.size, inode.mtime, stat.S_IFREG | mode, uid, gid, 1,
                           blocks, o.part_size, ttl, ttl)
 
     def negative(self) -> Attributes:
@@ -147,23 +159,28 @@ class Filesystem:
             return self._found(parent)
         if name == "..":
             return self._found(self._inode(parent.parent))
+        inode = await self._find(parent, name)
+        return self.negative() if inode is None else self._found(inode)
+
+    async def _find(self, parent: Inode, name: str) -> Inode | None:
+        """The inode named parent/name, from the cache within its TTL or from the bucket; None if none."""
         if name_problem(name) is not None:
-            return self.negative()
+            return None
         now = self._clock()
         child = self.inodes.child(parent.ino, name)
         if child is not None and child.expires > now:
             self.counters["lookups_cached"] += 1
-            return self._found(child)
+            return child
         if child is None and (self.inodes.is_negative(parent.ino, name) or parent.listing_expires > now):
             self.counters["lookups_negative_cached"] += 1
-            return self.negative()
+            return None
         return await self._resolve(parent, name)
 
     def _found(self, inode: Inode) -> Attributes:
         self.inodes.remember(inode)
         return self.attributes(inode)
 
-    async def _resolve(self, parent: Inode, name: str) -> Attributes:
+    async def _resolve(self, parent: Inode, name: str) -> Inode | None:
         """Ask the bucket: a HEAD of the key and a listing under key/ at once; a directory wins."""
         self.counters["lookups_remote"] += 1
         key = parent.key + name
@@ -188,13 +205,16 @@ class Filesystem:
             inode = self.inodes.upsert(parent, name, is_dir=True, key=key + "/", ttl=self._ttl(), mtime=parent.mtime)
             if "file" in found:
                 self._log_hidden(key, "a directory of the same name shadows it")
-            return self._found(inode)
+            return inode
         info = found.get("file")
         if isinstance(info, ObjectInfo):
-            return self._found(self._upsert_file(parent, name, info))
+            return self._upsert_file(parent, name, info)
+        current = self.inodes.child(parent.ino, name)
+        if current is not None and current.pinned:
+            return current  # made or being written here: the bucket does not know it yet
         self.inodes.remove_name(parent.ino, name)
         self.inodes.set_negative(parent.ino, name, self.options.negative_ttl)
-        return self.negative()
+        return None
 
     def _upsert_file(self, parent: Inode, name: str, info: ObjectInfo) -> Inode:
         checksum = f"{info.checksum_algorithm}:{info.checksum}" if info.checksum_algorithm and info.checksum else None
@@ -209,7 +229,7 @@ class Filesystem:
 
     async def getattr(self, ino: int) -> Attributes:
         inode = self._inode(ino)
-        if inode.is_dir or inode.expires > self._clock():
+        if inode.is_dir or inode.pinned or inode.expires > self._clock():
             return self.attributes(inode)
         try:
             info = await self.client.head(inode.key)
@@ -284,7 +304,11 @@ class Filesystem:
             entries.append(DirEntry(name, self._upsert_file(directory, name, info), True))
             seen.add(name)
         for child in self.inodes.children(directory.ino):
-            if child.name not in seen:
+            if child.name in seen:
+                continue
+            if child.pinned:  # made here, not uploaded yet: still listed
+                entries.append(DirEntry(child.name, child, True))
+            else:
                 self.inodes.remove_name(directory.ino, child.name)
         directory.listing_expires = self._clock() + self.options.metadata_ttl
         directory.listing = [entry.name for entry in entries[2:]]
@@ -307,28 +331,49 @@ class Filesystem:
     # --- files ---------------------------------------------------------------------------------
 
     def refuse_write(self) -> None:
-        raise FsError(errno.EROFS if self.options.read_only else errno.EOPNOTSUPP)
+        """Operations s3xfs never supports on a bucket (links, special files): EROFS on read-only
+        mounts, so the answer does not depend on the operation; EPERM otherwise."""
+        raise FsError(errno.EROFS if self.options.read_only else errno.EPERM)
+
+    def refuse_xattr_change(self) -> None:
+        """The ``user.s3xfs.*`` attributes are facts of the object; there is nowhere to keep others."""
+        raise FsError(errno.EROFS if self.options.read_only else errno.ENOTSUP)
+
+    def _check_writable(self) -> None:
+        if self.options.read_only:
+            raise FsError(errno.EROFS)
 
     async def open(self, ino: int, flags: int) -> OpenResult:
         inode = self._inode(ino)
         if inode.is_dir:
             raise FsError(errno.EISDIR)
-        if flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC | os.O_APPEND):
-            self.refuse_write()
-        if inode.expires <= self._clock() or inode.etag is None:
+        access = flags & os.O_ACCMODE
+        writable = access != os.O_RDONLY or bool(flags & os.O_TRUNC)
+        if writable:
+            self._check_writable()
+        if not inode.pinned and (inode.expires <= self._clock() or inode.etag is None):
             await self.getattr(ino)
-        assert inode.etag is not None
         direct = bool(flags & getattr(os, "O_DIRECT", 0))
-        keep_cache = not direct and inode.cached_etag == inode.etag
-        inode.cached_etag = None if direct else inode.etag
-        prefetcher = Prefetcher(self.client, inode.key, inode.size, inode.etag, self.budget,
-                                part_size=self.options.part_size)
-        if self._nursery is None:
-            raise FsError(errno.EIO, "filesystem not attached to a nursery")
-        await prefetcher.start(self._nursery)
+        keep_cache = not direct and not inode.pinned and inode.cached_etag == inode.etag
+        inode.cached_etag = None if direct or inode.pinned else inode.etag
+        if writable and flags & os.O_TRUNC:
+            async with self._lock(inode):
+                await self._truncate(inode, 0, rdwr=access == os.O_RDWR)
+        prefetcher = None
+        if inode.etag is not None and not inode.local:
+            prefetcher = Prefetcher(self.client, inode.key, inode.size, inode.etag, self.budget,
+                                    part_size=self.options.part_size)
+            if self._nursery is None:
+                raise FsError(errno.EIO, "filesystem not attached to a nursery")
+            await prefetcher.start(self._nursery)
+        return OpenResult(self._add_handle(inode, prefetcher, direct, access, writable), keep_cache, direct)
+
+    def _add_handle(self, inode: Inode, prefetcher: Prefetcher | None, direct: bool, access: int, writable: bool) -> int:
         inode.open_handles += 1
-        fh = self._files.add(FileHandle(inode, inode.key, inode.etag, inode.size, prefetcher, direct))
-        return OpenResult(fh, keep_cache, direct)
+        if writable:
+            inode.write_handles += 1
+        return self._files.add(FileHandle(inode, inode.key, inode.etag, inode.size, prefetcher, direct,
+                                          writable=writable, readable=access != os.O_WRONLY))
 
     def _file(self, fh: int) -> FileHandle:
         handle = self._files.get(fh)
@@ -338,10 +383,22 @@ class Filesystem:
 
     def read_buffered(self, fh: int, offset: int, size: int) -> bytes | memoryview | None:
         """The hot path: data already in memory, without an await (None if it must be fetched)."""
-        return self._file(fh).prefetcher.read_buffered(offset, size)
+        handle = self._file(fh)
+        if handle.prefetcher is None or handle.inode.writer is not None:
+            return None
+        return handle.prefetcher.read_buffered(offset, size)
 
     async def read(self, fh: int, offset: int, size: int) -> bytes | memoryview:
         handle = self._file(fh)
+        inode = handle.inode
+        if inode.writer is not None:  # being written here: read what was written (read-your-writes)
+            async with self._lock(inode):
+                writer = inode.writer
+                if writer is not None:
+                    data = writer.read(offset, size)
+                    return data if isinstance(data, bytes) else await data
+        if handle.prefetcher is None:
+            return b""  # made here and never uploaded: only what a writer holds exists
         try:
             return await handle.prefetcher.read(offset, size)
         except client_errors.PreconditionFailed:
@@ -354,8 +411,336 @@ class Filesystem:
         handle = self._files.pop(fh)
         if handle is None:
             return
-        await handle.prefetcher.close()
-        self.inodes.release_handle(handle.inode)
+        if handle.prefetcher is not None:
+            await handle.prefetcher.close()
+        inode = handle.inode
+        if handle.writable:
+            inode.write_handles -= 1
+            if inode.write_handles == 0:
+                async with self._lock(inode):
+                    await self._finish_writing(inode)
+        self.inodes.release_handle(inode)
+
+    # --- writing -------------------------------------------------------------------------------
+
+    def _lock(self, inode: Inode) -> trio.Lock:
+        """One lock per inode being written: writes, truncates, commits and reads of a writer never interleave."""
+        lock = self._locks.get(inode.ino)
+        if lock is None:
+            lock = self._locks[inode.ino] = trio.Lock()
+        return lock
+
+    async def create(self, parent_ino: int, name: str, flags: int) -> tuple[OpenResult, Attributes]:
+        """A new, empty file: it exists here at once and in the bucket from its first commit."""
+        self._check_writable()
+        parent = self._dir(parent_ino)
+        self._check_new_name(name)
+        inode = self.inodes.create_local(parent, name, is_dir=False, key=parent.key + name, mtime=time.time())
+        self._listing_add(parent, name)
+        access = flags & os.O_ACCMODE
+        inode.writer = self._new_writer(inode, Condition(if_none_match=True), rdwr=access == os.O_RDWR)
+        fh = self._add_handle(inode, None, bool(flags & getattr(os, "O_DIRECT", 0)), access, True)
+        return OpenResult(fh, False, False), self._found(inode)
+
+    def _check_new_name(self, name: str) -> None:
+        if len(name.encode()) > 255:
+            raise FsError(errno.ENAMETOOLONG)
+        if name_problem(name) is not None:
+            raise FsError(errno.EINVAL, f"{name!r} cannot be an object name")
+
+    def _new_writer(self, inode: Inode, condition: Condition, *, rdwr: bool) -> Writer:
+        """Empty new content: streamed, unless the handle also reads (then random access is likely)."""
+        if rdwr:
+            staged = self.staging.new_file(self.client, inode.key, condition, part_size=self.options.part_size,
+                                           budget=self.write_budget)
+            staged.dirty = True
+            return staged
+        if self._nursery is None:
+            raise FsError(errno.EIO, "filesystem not attached to a nursery")
+        return StreamUpload(self.client, inode.key, condition, part_size=self.options.part_size,
+                            budget=self.write_budget, nursery=self._nursery)
+
+    async def write(self, fh: int, offset: int, data: bytes) -> int:
+        handle = self._file(fh)
+        if not handle.writable:
+            raise FsError(errno.EBADF)
+        inode = handle.inode
+        async with self._lock(inode):
+            writer = inode.writer
+            if writer is None:
+                writer = inode.writer = await self._writer_for(inode, offset, rdwr=handle.readable)
+            try:
+                await writer.write(offset, data)
+            except NotSequential:
+                writer = await self._restage(inode, writer)
+                await writer.write(offset, data)
+            inode.size = writer.size
+            inode.mtime = time.time()
+        return len(data)
+
+    async def _writer_for(self, inode: Inode, offset: int, *, rdwr: bool) -> Writer:
+        """The writer for a first write into existing content."""
+        if not rdwr and inode.etag is not None and inode.size > 0 and offset == inode.size and self.client.directory:
+            return AppendUpload(self.client, inode.key, inode.size, inode.etag, part_size=self.options.part_size)
+        if not rdwr and inode.size == 0 and offset == 0:
+            return self._new_writer(inode, Condition.based_on(inode.etag), rdwr=False)
+        return await self._staged_copy(inode, inode.etag, inode.size)
+
+    async def _staged_copy(self, inode: Inode, etag: str | None, size: int) -> StagedFile:
+        staged = self.staging.new_file(self.client, inode.key, Condition.based_on(etag), part_size=self.options.part_size,
+                                       budget=self.write_budget)
+        try:
+            if etag is not None and size > 0:
+                await staged.fill_from(inode.key, size, etag)
+        except BaseException:
+            staged.remove()
+            raise
+        return staged
+
+    async def _restage(self, inode: Inode, writer: Writer) -> StagedFile:
+        """Move a writer's content into a staged file, for writes it cannot take."""
+        if isinstance(writer, StreamUpload):
+            if writer.streamed:
+                raise FsError(errno.EINVAL, f"{inode.key}: a write went back into data already uploaded "
+                                            "(sequential writes stream; open the file read-write for random writes)")
+            staged = self.staging.new_file(self.client, inode.key, writer.condition, part_size=self.options.part_size,
+                                           budget=self.write_budget)
+            await staged.write(0, writer.buffered())
+            await staged.truncate(writer.size)
+        elif isinstance(writer, AppendUpload):
+            staged = await self._staged_copy(inode, writer.etag, writer.committed)
+            await staged.write(writer.committed, writer.buffered())
+        else:
+            return writer
+        await writer.discard()
+        inode.writer = staged
+        return staged
+
+    async def _truncate(self, inode: Inode, size: int, *, rdwr: bool) -> None:
+        """Set the content's length (the lock is held)."""
+        writer = inode.writer
+        if writer is None:
+            if size == 0:
+                writer = self._new_writer(inode, Condition.based_on(inode.etag), rdwr=rdwr)
+            else:
+                writer = await self._staged_copy(inode, inode.etag, inode.size)
+            inode.writer = writer
+        elif size == 0 and isinstance(writer, StreamUpload) and writer.streamed:
+            await writer.discard()  # start over: nothing sent so far is wanted
+            writer = inode.writer = self._new_writer(inode, writer.condition, rdwr=rdwr)
+        try:
+            await writer.truncate(size)
+        except NotSequential:
+            writer = await self._restage(inode, writer)
+            await writer.truncate(size)
+        inode.size = size
+        inode.mtime = time.time()
+
+    async def flush(self, fh: int) -> None:
+        """close(2): commit what this handle wrote, so close reports a failed upload."""
+        handle = self._file(fh)
+        if handle.writable:
+            async with self._lock(handle.inode):
+                await self._commit(handle.inode)
+
+    async def fsync(self, fh: int) -> None:
+        await self.flush(fh)
+
+    async def _commit(self, inode: Inode) -> None:
+        """Make the inode's written content visible in the bucket (the lock is held)."""
+        writer = inode.writer
+        if writer is None or not writer.dirty:
+            return
+        if self.inodes.child(inode.parent, inode.name) is not inode:
+            await writer.discard()  # unlinked or replaced while open: the content goes nowhere
+            inode.writer = None
+            return
+        writer.key = inode.key
+        result = await writer.commit(self.staging)
+        inode.etag, inode.size = result.etag, result.size
+        inode.cached_etag = None
+        if inode.local:
+            inode.local = False
+            self._parents_exist(inode)
+        if isinstance(writer, StreamUpload):
+            inode.writer = None  # later writes at the end are appends (or a staged copy)
+            inode.expires = self._clock() + self._ttl()
+
+    def _parents_exist(self, inode: Inode) -> None:
+        """A committed file makes the local directories above it real."""
+        parent = self.inodes.get(inode.parent)
+        while parent is not None and parent.local:
+            parent.local = False
+            parent.expires = self._clock() + self._ttl()
+            parent = self.inodes.get(parent.parent)
+
+    async def _finish_writing(self, inode: Inode) -> None:
+        """The last writing handle closed (the lock is held): commit if still needed, clean up."""
+        writer = inode.writer
+        if writer is None:
+            return
+        try:
+            await self._commit(inode)
+        except FsError as exc:
+            log.error("%s: %s", inode.key, exc)  # release cannot report it; flush already did
+        writer = inode.writer
+        inode.writer = None
+        if isinstance(writer, StagedFile):
+            if writer.dirty:
+                writer.keep()
+            else:
+                writer.remove()
+        inode.expires = self._clock() + self._ttl()
+        self._locks.pop(inode.ino, None)
+        if inode.local:  # never made it to the bucket
+            parent = self.inodes.get(inode.parent)
+            if parent is not None:
+                self._listing_drop(parent, inode.name)
+            self.inodes.remove_name(inode.parent, inode.name)
+
+    async def setattr(self, ino: int, *, size: int | None = None, mode: int | None = None, uid: int | None = None,
+                      gid: int | None = None, mtime: float | None = None) -> Attributes:
+        """Truncate (stored), and chmod/chown/utimens (kept in memory for the inode's life: S3 has
+        no place for them that listings would show)."""
+        self._check_writable()
+        inode = self._inode(ino)
+        if size is not None:
+            if inode.is_dir:
+                raise FsError(errno.EISDIR)
+            async with self._lock(inode):
+                if not inode.pinned and inode.expires <= self._clock():
+                    await self.getattr(ino)
+                await self._truncate(inode, size, rdwr=True)
+                if inode.write_handles == 0:  # `truncate FILE`: nobody will close it, commit now
+                    await self._finish_writing(inode)
+        if mode is not None:
+            inode.mode = stat.S_IMODE(mode)
+        if uid is not None:
+            inode.uid = uid
+        if gid is not None:
+            inode.gid = gid
+        if mtime is not None:
+            inode.mtime = mtime
+        return self.attributes(inode)
+
+    async def unlink(self, parent_ino: int, name: str) -> None:
+        self._check_writable()
+        parent = self._dir(parent_ino)
+        inode = await self._find(parent, name)
+        if inode is None:
+            raise FsError(errno.ENOENT)
+        if inode.is_dir:
+            raise FsError(errno.EISDIR)
+        async with self._lock(inode):
+            if not inode.local:
+                await self.client.delete(inode.key)
+            if inode.writer is not None:  # unlinked while open: what is still written goes nowhere
+                await inode.writer.discard()
+                inode.writer = None
+            inode.local = True  # no longer in the bucket: later writes on open handles are not uploaded
+            inode.etag = None
+        self._forget_name(parent, name)
+
+    def _forget_name(self, parent: Inode, name: str) -> None:
+        self._listing_drop(parent, name)
+        self.inodes.remove_name(parent.ino, name)
+        self.inodes.set_negative(parent.ino, name, self.options.negative_ttl)
+
+    def _listing_add(self, parent: Inode, name: str) -> None:
+        if parent.listing is not None and name not in parent.listing:
+            parent.listing.append(name)
+
+    def _listing_drop(self, parent: Inode, name: str) -> None:
+        if parent.listing is not None and name in parent.listing:
+            parent.listing.remove(name)
+
+    async def mkdir(self, parent_ino: int, name: str) -> Attributes:
+        """A local directory; it becomes real in the bucket when a file is written in it."""
+        self._check_writable()
+        parent = self._dir(parent_ino)
+        self._check_new_name(name)
+        if await self._find(parent, name) is not None:
+            raise FsError(errno.EEXIST)
+        inode = self.inodes.create_local(parent, name, is_dir=True, key=parent.key + name + "/", mtime=time.time())
+        inode.listing, inode.listing_expires = [], math.inf
+        self._listing_add(parent, name)
+        return self._found(inode)
+
+    async def rmdir(self, parent_ino: int, name: str) -> None:
+        self._check_writable()
+        parent = self._dir(parent_ino)
+        inode = await self._find(parent, name)
+        if inode is None:
+            raise FsError(errno.ENOENT)
+        if not inode.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if any(child.pinned for child in self.inodes.children(inode.ino)):
+            raise FsError(errno.ENOTEMPTY)
+        if not inode.local:
+            marker = False
+            async for page in self.client.list(inode.key, page_size=2):
+                if page.prefixes or any(info.key != inode.key for info in page.objects):
+                    raise FsError(errno.ENOTEMPTY)
+                marker = bool(page.objects)
+                break
+            if marker:  # a zero-byte 'dir/' object (general purpose buckets): the directory itself
+                await self.client.delete(inode.key)
+        self._forget_name(parent, name)
+
+    async def rename(self, old_parent_ino: int, old: str, new_parent_ino: int, new: str, flags: int) -> None:
+        self._check_writable()
+        if flags & RENAME_EXCHANGE:
+            raise FsError(errno.EINVAL, "RENAME_EXCHANGE cannot be done atomically on S3")
+        old_parent, new_parent = self._dir(old_parent_ino), self._dir(new_parent_ino)
+        self._check_new_name(new)
+        source = await self._find(old_parent, old)
+        if source is None:
+            raise FsError(errno.ENOENT)
+        target = await self._find(new_parent, new)
+        if target is source:
+            return
+        if target is not None and flags & RENAME_NOREPLACE:
+            raise FsError(errno.EEXIST)
+        if source.is_dir:
+            await self._rename_dir(source, target, new_parent, new)
+        else:
+            if target is not None and target.is_dir:
+                raise FsError(errno.EISDIR)
+            await self._rename_file(source, target, new_parent, new, noreplace=bool(flags & RENAME_NOREPLACE))
+        self._listing_drop(old_parent, old)
+        self._listing_add(new_parent, new)
+
+    async def _rename_dir(self, source: Inode, target: Inode | None, new_parent: Inode, new: str) -> None:
+        """Only a local, empty directory moves (nothing in the bucket to move); any other directory
+        is EXDEV, so `mv` falls back to copying and deleting file by file."""
+        if target is not None and not target.is_dir:
+            raise FsError(errno.ENOTDIR)
+        if not source.local or any(True for _ in self.inodes.children(source.ino)):
+            raise FsError(errno.EXDEV, "directories are not renamed in place; mv copies them")
+        if target is not None and (not target.local or any(True for _ in self.inodes.children(target.ino))):
+            raise FsError(errno.ENOTEMPTY if target.local else errno.EXDEV)
+        self.inodes.move(source, new_parent, new, new_parent.key + new + "/")
+
+    async def _rename_file(self, source: Inode, target: Inode | None, new_parent: Inode, new: str, *,
+                           noreplace: bool) -> None:
+        if not self.client.directory:
+            raise FsError(errno.EXDEV, "general purpose buckets have no atomic rename; mv copies the file")
+        key = new_parent.key + new
+        async with self._lock(source):
+            await self._commit(source)  # a file being written is uploaded first
+            if source.local:
+                raise FsError(errno.EIO, f"{source.key}: not in the bucket yet")
+            try:
+                await self.client.rename(source.key, key, if_none_match=noreplace)
+            except client_errors.PreconditionFailed:
+                raise FsError(errno.EEXIST if noreplace else errno.ESTALE) from None
+            if target is not None and target.writer is not None:
+                await target.writer.discard()  # replaced while being written: that content is gone
+                target.writer = None
+                target.local = True
+            self.inodes.move(source, new_parent, new, key)
+            if source.writer is not None:
+                source.writer.key = key
 
     # --- misc ----------------------------------------------------------------------------------
 
@@ -391,5 +776,12 @@ class Filesystem:
         return {"etag": inode.etag, "storage_class": inode.storage_class, "checksum": inode.checksum}.get(name)
 
     async def close(self) -> None:
+        """Unmounting: stop read-ahead, and try once more to commit what is still being written."""
         for handle in self._files.values():
-            await handle.prefetcher.close()
+            if handle.prefetcher is not None:
+                await handle.prefetcher.close()
+        for handle in self._files.values():
+            inode = handle.inode
+            if handle.writable and inode.writer is not None:
+                async with self._lock(inode):
+                    await self._finish_writing(inode)

@@ -16,10 +16,12 @@ T = TypeVar("T")
 class FileHandle:
     inode: Inode
     key: str
-    etag: str  # reads are pinned to the version seen at open
+    etag: str | None  # reads are pinned to the version seen at open (None: nothing in the bucket yet)
     size: int
-    prefetcher: Prefetcher
+    prefetcher: Prefetcher | None  # None when there was nothing to read from the bucket at open
     direct: bool
+    writable: bool = False  # opened for writing: flush and fsync commit, the last close cleans up
+    readable: bool = True
 
 
 class HandleTable(Generic[T]):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 ROOT_INODE = 1  # FUSE_ROOT_ID
 
@@ -37,6 +38,17 @@ class Inode:
     lookups: int = 0
     open_handles: int = 0
     cached_etag: str | None = None  # the ETag whose data the kernel page cache may hold
+    local: bool = False  # made here (mkdir, create) and not in the bucket yet: listings keep it
+    writer: Any = None  # a file's uncommitted content (core.upload.Writer) while it is being written
+    write_handles: int = 0  # open handles that may write
+    mode: int | None = None  # chmod/chown/utimens: kept in memory for the inode's life, never stored
+    uid: int | None = None
+    gid: int | None = None
+
+    @property
+    def pinned(self) -> bool:
+        """Known here better than the bucket knows it: listings and HEADs must not overwrite it."""
+        return self.local or self.writer is not None
 
 
 class InodeTable:
@@ -76,11 +88,32 @@ class InodeTable:
             self._names[(parent.ino, name)] = inode.ino
             if replaced is not None:
                 self._maybe_drop(replaced.ino)
+        if inode.pinned:
+            return inode  # what is being written here is newer than what the bucket says
         inode.key = key
         inode.size, inode.etag, inode.mtime = size, etag, mtime
         inode.storage_class, inode.checksum = storage_class, checksum
         inode.expires = self._clock() + ttl
         return inode
+
+    def create_local(self, parent: Inode, name: str, *, is_dir: bool, key: str, mtime: float) -> Inode:
+        """A new file or directory made by this mount, not yet in the bucket (replaces the name)."""
+        self.remove_name(parent.ino, name)
+        self._negative.pop((parent.ino, name), None)
+        inode = Inode(self._next, parent.ino, name, is_dir, key, mtime=mtime, expires=math.inf, local=True)
+        self._next += 1
+        self._inodes[inode.ino] = inode
+        self._names[(parent.ino, name)] = inode.ino
+        return inode
+
+    def move(self, inode: Inode, parent: Inode, name: str, key: str) -> None:
+        """``inode`` now lives at parent/name (a rename); whatever had that name loses it."""
+        self.remove_name(parent.ino, name)
+        if self._names.get((inode.parent, inode.name)) == inode.ino:
+            del self._names[(inode.parent, inode.name)]
+        self._negative.pop((parent.ino, name), None)
+        inode.parent, inode.name, inode.key = parent.ino, name, key
+        self._names[(parent.ino, name)] = inode.ino
 
     def remove_name(self, parent: int, name: str) -> None:
         """The name is gone from the bucket; its inode lives on while the kernel or a handle holds it."""
@@ -112,7 +145,7 @@ class InodeTable:
 
     def _maybe_drop(self, ino: int) -> None:
         inode = self._inodes.get(ino)
-        if inode is None or ino == ROOT_INODE or inode.lookups > 0 or inode.open_handles > 0:
+        if inode is None or ino == ROOT_INODE or inode.lookups > 0 or inode.open_handles > 0 or inode.writer is not None:
             return
         if self._names.get((inode.parent, inode.name)) == ino:
             return  # still named: it is the metadata cache for later lookups (replaced or removed by name)
