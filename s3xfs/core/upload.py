@@ -266,8 +266,24 @@ class AppendUpload:
             result = await self.client.append(self.key, data, offset=self.committed, if_match=self.etag)
         except client_errors.TooLarge:
             raise FsError(errno.EFBIG, f"{self.key}: an object takes at most {MAX_PARTS} appends") from None
+        except client_errors.PreconditionFailed:
+            # A retried append whose first attempt landed (its answer was lost) is refused as a
+            # wrong offset. Accept it only if the object is exactly what that append made.
+            result = await self._landed(data)
+            if result is None:
+                raise
         self.committed, self.etag = result.size, result.etag
         del self._buffer[:len(data)]
+
+    async def _landed(self, data: bytes) -> PutResult | None:
+        try:
+            info = await self.client.head(self.key)
+            if info.size != self.committed + len(data):
+                return None
+            tail = await self.client.get_range(self.key, self.committed, len(data), if_match=info.etag)
+        except client_errors.ClientError:
+            return None
+        return PutResult(info.etag, info.size) if bytes(tail) == data else None
 
     async def commit(self, staging: "Staging") -> PutResult:
         try:
