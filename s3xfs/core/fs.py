@@ -101,7 +101,6 @@ class Filesystem:
         self.budget = MemoryBudget(options.read_buffer)
         self.write_budget = MemoryBudget(options.write_buffer)
         self.staging = Staging(options.staging_dir)
-        self._locks: dict[int, trio.Lock] = {}
         self._files: HandleTable[FileHandle] = HandleTable()
         self._dirs: HandleTable[DirHandle] = HandleTable()
         self._nursery: trio.Nursery | None = None
@@ -425,10 +424,9 @@ class Filesystem:
 
     def _lock(self, inode: Inode) -> trio.Lock:
         """One lock per inode being written: writes, truncates, commits and reads of a writer never interleave."""
-        lock = self._locks.get(inode.ino)
-        if lock is None:
-            lock = self._locks[inode.ino] = trio.Lock()
-        return lock
+        if inode.write_lock is None:  # kept on the inode: it lives exactly as long as what it guards
+            inode.write_lock = trio.Lock()
+        return inode.write_lock
 
     async def create(self, parent_ino: int, name: str, flags: int) -> tuple[OpenResult, Attributes]:
         """A new, empty file: it exists here at once and in the bucket from its first commit."""
@@ -501,8 +499,10 @@ class Filesystem:
         """Move a writer's content into a staged file, for writes it cannot take."""
         if isinstance(writer, StreamUpload):
             if writer.streamed:
-                raise FsError(errno.EINVAL, f"{inode.key}: a write went back into data already uploaded "
-                                            "(sequential writes stream; open the file read-write for random writes)")
+                error = FsError(errno.EINVAL, f"{inode.key}: a write went back into data already uploaded "
+                                              "(sequential writes stream; open the file read-write for random writes)")
+                writer.fail(error)  # the file cannot be what was written: never commit it half way
+                raise error
             staged = self.staging.new_file(self.client, inode.key, writer.condition, part_size=self.options.part_size,
                                            budget=self.write_budget)
             await staged.write(0, writer.buffered())
@@ -528,6 +528,9 @@ class Filesystem:
         elif size == 0 and isinstance(writer, StreamUpload) and writer.streamed:
             await writer.discard()  # start over: nothing sent so far is wanted
             writer = inode.writer = self._new_writer(inode, writer.condition, rdwr=rdwr)
+        elif size == 0 and isinstance(writer, AppendUpload):
+            await writer.discard()  # empty it without downloading what is about to be dropped
+            writer = inode.writer = self._new_writer(inode, Condition(if_match=writer.etag), rdwr=rdwr)
         try:
             await writer.truncate(size)
         except NotSequential:
@@ -572,17 +575,23 @@ class Filesystem:
         while parent is not None and parent.local:
             parent.local = False
             parent.expires = self._clock() + self._ttl()
+            # mkdir's listing was valid forever (nothing else could be in it): no longer
+            parent.listing_expires = min(parent.listing_expires, parent.expires)
             parent = self.inodes.get(parent.parent)
 
-    async def _finish_writing(self, inode: Inode) -> None:
-        """The last writing handle closed (the lock is held): commit if still needed, clean up."""
+    async def _finish_writing(self, inode: Inode, *, report: bool = False) -> None:
+        """The last writing handle closed (the lock is held): commit if still needed, clean up.
+        ``report``: raise a failed commit (after cleaning up) instead of only logging it."""
         writer = inode.writer
         if writer is None:
             return
+        failure: FsError | None = None
         try:
             await self._commit(inode)
         except FsError as exc:
-            log.error("%s: %s", inode.key, exc)  # release cannot report it; flush already did
+            failure = exc
+            if not report:
+                log.error("%s: %s", inode.key, exc)  # release cannot report it; flush already did
         writer = inode.writer
         inode.writer = None
         if isinstance(writer, StagedFile):
@@ -590,13 +599,15 @@ class Filesystem:
                 writer.keep()
             else:
                 writer.remove()
-        inode.expires = self._clock() + self._ttl()
-        self._locks.pop(inode.ino, None)
-        if inode.local:  # never made it to the bucket
+        # After a failed commit the size and ETag here are not the bucket's: ask it next time.
+        inode.expires = self._clock() + self._ttl() if failure is None else 0.0
+        if inode.local and self.inodes.child(inode.parent, inode.name) is inode:  # never made it to the bucket
             parent = self.inodes.get(inode.parent)
             if parent is not None:
                 self._listing_drop(parent, inode.name)
             self.inodes.remove_name(inode.parent, inode.name)
+        if failure is not None and report:
+            raise failure
 
     async def setattr(self, ino: int, *, size: int | None = None, mode: int | None = None, uid: int | None = None,
                       gid: int | None = None, mtime: float | None = None) -> Attributes:
@@ -612,7 +623,7 @@ class Filesystem:
                     await self.getattr(ino)
                 await self._truncate(inode, size, rdwr=True)
                 if inode.write_handles == 0:  # `truncate FILE`: nobody will close it, commit now
-                    await self._finish_writing(inode)
+                    await self._finish_writing(inode, report=True)
         if mode is not None:
             inode.mode = stat.S_IMODE(mode)
         if uid is not None:
@@ -739,8 +750,14 @@ class Filesystem:
                 target.writer = None
                 target.local = True
             self.inodes.move(source, new_parent, new, key)
+            self._parents_exist(source)  # renamed into a local directory: it is in the bucket now
             if source.writer is not None:
                 source.writer.key = key
+            for handle in self._files.values():  # RenameObject keeps the ETag: open handles read on
+                if handle.inode is source:
+                    handle.key = key
+                    if handle.prefetcher is not None:
+                        handle.prefetcher.key = key
 
     # --- misc ----------------------------------------------------------------------------------
 

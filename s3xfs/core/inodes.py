@@ -41,6 +41,7 @@ class Inode:
     local: bool = False  # made here (mkdir, create) and not in the bucket yet: listings keep it
     writer: Any = None  # a file's uncommitted content (core.upload.Writer) while it is being written
     write_handles: int = 0  # open handles that may write
+    write_lock: Any = None  # a trio.Lock serialising the writer's operations (made on first use)
     mode: int | None = None  # chmod/chown/utimens: kept in memory for the inode's life, never stored
     uid: int | None = None
     gid: int | None = None

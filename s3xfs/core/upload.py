@@ -146,7 +146,11 @@ class StreamUpload:
     async def _send(self, data: bytearray) -> None:
         """Schedule one part; waits while the budget or the per-file limit is exhausted."""
         if self._upload_id is None:
-            self._upload_id = await self.client.create_multipart(self.key)
+            try:
+                self._upload_id = await self.client.create_multipart(self.key)
+            except client_errors.ClientError as exc:
+                self._error = self._error or exc  # this part is lost: no commit may succeed without it
+                raise
         number, self._next_part = self._next_part, self._next_part + 1
         await self.budget.acquire(len(data))
         self._inflight += 1
@@ -171,9 +175,15 @@ class StreamUpload:
         if self._error is not None:
             raise FsError(errno.EIO, f"{self.key}: a part upload failed: {self._error}")
 
+    def fail(self, exc: BaseException) -> None:
+        """A write was refused after parts left: the content can never be whole, so no commit may
+        store it (the next write and the commit raise EIO)."""
+        self._error = self._error or exc
+
     async def commit(self, staging: "Staging") -> PutResult:
         """Make the content visible as one object; on failure keep what can be kept and raise EIO."""
         try:
+            self._raise_failure()  # an earlier failure lost data: never store the rest alone
             if self._upload_id is None:
                 return await _put(self.client, self.key, bytes(self._buffer), self.condition)
             if self._buffer:
@@ -193,13 +203,19 @@ class StreamUpload:
     def _keep_for_recovery(self, staging: "Staging", exc: BaseException) -> None:
         if self._upload_id is None:
             path = staging.save(self.key, bytes(self._buffer))
-            log.error("writing %r failed (%s); its %d bytes are kept in %s", self.key, exc, len(self._buffer), path)
-            return
-        tail = staging.save(self.key, bytes(self._buffer)) if self._buffer else None
-        log.error("writing %r failed (%s); the multipart upload %s is kept with parts %s%s: complete it with "
-                  "ListParts + CompleteMultipartUpload, or abort it", self.key, exc, self._upload_id,
-                  sorted(self._parts), f", and bytes from offset {self._buffer_start} are in {tail}" if tail else "")
-        self._upload_id = None  # kept on purpose: discard() must not abort it
+            log.error("writing %r failed (%s); its %d bytes from offset %d are kept in %s", self.key, exc,
+                      len(self._buffer), self._buffer_start, path)
+        else:
+            tail = staging.save(self.key, bytes(self._buffer)) if self._buffer else None
+            log.error("writing %r failed (%s); the multipart upload %s is kept with parts %s%s: complete it with "
+                      "ListParts + CompleteMultipartUpload, or abort it", self.key, exc, self._upload_id,
+                      sorted(self._parts), f", and bytes from offset {self._buffer_start} are in {tail}" if tail else "")
+            self._upload_id = None  # kept on purpose: discard() must not abort it
+        # The content is rescued, not pending: a later commit (the close after a failed fsync, the
+        # release after a failed close) must not upload what is left (nothing, or a tail) in its place.
+        self._buffer = bytearray()
+        self.dirty = False
+        self._error = self._error or exc
 
     async def discard(self) -> None:
         """Forget the content (the file was unlinked while being written): abort the upload."""
@@ -357,13 +373,21 @@ class StagedFile:
         upload_id = await self.client.create_multipart(self.key)
         parts: dict[int, str] = {}
         try:
-            async with trio.open_nursery() as nursery:
-                limit = trio.Semaphore(MAX_PARALLEL_PARTS)
-                for number, start in enumerate(range(0, self.size, part), start=1):
-                    length = min(part, self.size - start)
-                    await self.budget.acquire(length)
-                    await limit.acquire()
-                    nursery.start_soon(self._upload_part, upload_id, number, start, length, parts, limit)
+            try:
+                async with trio.open_nursery() as nursery:
+                    limit = trio.Semaphore(MAX_PARALLEL_PARTS)
+                    for number, start in enumerate(range(0, self.size, part), start=1):
+                        length = min(part, self.size - start)
+                        await self.budget.acquire(length)
+                        await limit.acquire()
+                        nursery.start_soon(self._upload_part, upload_id, number, start, length, parts, limit)
+            except BaseExceptionGroup as group:  # a failed part: raise it as commit() expects, not wrapped
+                failed, _ = group.split((client_errors.ClientError, OSError))
+                if failed is None:
+                    raise
+                while isinstance(failed, BaseExceptionGroup):
+                    failed = failed.exceptions[0]
+                raise failed from None
             return await self.client.complete_multipart(self.key, upload_id, sorted(parts.items()),
                                                         if_match=self.condition.if_match,
                                                         if_none_match=self.condition.if_none_match)
