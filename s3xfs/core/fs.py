@@ -611,8 +611,9 @@ class Filesystem:
 
     async def setattr(self, ino: int, *, size: int | None = None, mode: int | None = None, uid: int | None = None,
                       gid: int | None = None, mtime: float | None = None) -> Attributes:
-        """Truncate (stored), and chmod/chown/utimens (kept in memory for the inode's life: S3 has
-        no place for them that listings would show)."""
+        """Truncate (stored), and chmod/chown/utimens, kept in memory only: S3 has no place for
+        them that listings would show. Mode and owner last as long as the inode; an mtime lasts
+        until the next refresh from the bucket replaces it with Last-Modified."""
         self._check_writable()
         inode = self._inode(ino)
         if size is not None:

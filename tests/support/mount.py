@@ -62,8 +62,20 @@ class NotifySocket:
         self.close()
 
 
+def is_mounted(path: Path) -> bool:
+    """Whether ``path`` is a mount point, from the mount table: os.path.ismount says False for a
+    dead FUSE mount (its daemon was killed: stat fails with ENOTCONN), which still needs unmounting."""
+    target = os.path.abspath(path)
+    with open("/proc/self/mountinfo") as table:
+        for line in table:
+            fields = line.split()
+            if len(fields) > 4 and fields[4].replace("\\040", " ") == target:
+                return True
+    return os.path.ismount(path)
+
+
 def force_unmount(path: Path) -> None:
-    if os.path.ismount(path):
+    if is_mounted(path):
         subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
 
 
