@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 INDEFINITE = math.inf
@@ -41,7 +41,7 @@ class MountConfig:
     read_buffer: int = 256 * 1024 * 1024  # all read-ahead buffers of the mount together
     # Out-of-order writes are staged here, and the data of failed uploads is rescued here: on disk,
     # not in /tmp (often RAM, often wiped at boot) so a crash or a failed upload loses nothing.
-    staging_dir: Path = Path("/var/tmp/s3xfs")
+    staging_dir: Path = field(default_factory=default_staging_dir)
     read_ahead_kb: int = 1024  # kernel read-ahead for the mount: lets the kernel send 1 MiB reads (FUSE max_pages 256)
     fsname: str = "s3xfs"
     log_level: str = "WARNING"

@@ -160,8 +160,9 @@ class StreamUpload:
     async def _upload_part(self, number: int, data: bytearray) -> None:
         try:
             async with self._limit:
-                if self._error is None:
-                    self._parts[number] = await self.client.upload_part(self.key, self._upload_id or "", number, data)
+                # Sent even after a failure: every part that reaches the bucket is data the kept
+                # upload can give back (see _keep_for_recovery).
+                self._parts[number] = await self.client.upload_part(self.key, self._upload_id or "", number, data)
         except Exception as exc:  # noqa: BLE001 - remembered, raised by the next write or the commit
             if self._error is None:
                 self._error = exc
@@ -440,10 +441,19 @@ class Staging:
         self._ready = False
 
     def _prepare(self) -> None:
-        if not self._ready:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            os.chmod(self.directory, 0o700)
-            self._ready = True
+        if self._ready:
+            return
+        try:
+            os.makedirs(self.directory, mode=0o700)
+        except FileExistsError:
+            info = os.stat(self.directory)
+            if info.st_uid != os.getuid() or info.st_mode & 0o077:
+                # Shared (/var/tmp) or someone else's: never change its mode, use a private subdirectory.
+                self.directory = os.path.join(self.directory, f"s3xfs-{os.getuid()}")
+                os.makedirs(self.directory, mode=0o700, exist_ok=True)
+                if os.stat(self.directory).st_uid != os.getuid():
+                    raise FsError(errno.EACCES, f"staging directory {self.directory} belongs to another user")
+        self._ready = True
 
     def _name(self, key: str) -> str:
         return re.sub(r"[^A-Za-z0-9._-]", "_", key.rsplit("/", 1)[-1])[:80] or "object"
