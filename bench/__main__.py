@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from bench import localzone, mount
+from bench import localzone, mount, write
 
-SUITES = {"localzone": localzone.main, "mount": mount.main}
+SUITES = {"localzone": localzone.main, "mount": mount.main, "write": write.main}
 
 
 def main() -> int:

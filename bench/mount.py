@@ -70,9 +70,9 @@ class Mount:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @classmethod
-    def s3xfs(cls, url: str, mountpoint: Path, log: Path) -> "Mount":
+    def s3xfs(cls, url: str, mountpoint: Path, log: Path, options: tuple[str, ...] = MOUNT_OPTIONS) -> "Mount":
         return cls([sys.executable, "-m", "s3xfs.cli", "mount", BUCKET, str(mountpoint), "--foreground",
-                    "--endpoint-url", url, "--region", REGION, *MOUNT_OPTIONS], mountpoint, log)
+                    "--endpoint-url", url, "--region", REGION, *options], mountpoint, log)
 
     def start(self, timeout: float = 30.0) -> "Mount":
         self.path.mkdir(parents=True, exist_ok=True)
