@@ -565,12 +565,15 @@ def rows(r: dict, size: int, entries: int) -> list[tuple[str, str, str, str, str
     ]
 
 
-def main(quick: bool = False) -> dict:
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, Linux {platform.release()}"
+
+
+def run_owned(name: str, body: Callable[[Path, "Owned"], dict]) -> dict:
+    """Run ``body(workdir, owned)`` in a temporary directory; whatever it started (mounts, the
+    endpoint) is stopped afterwards, also on Ctrl-C or SIGTERM."""
     if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
-        raise SystemExit("bench mount: needs /dev/fuse and fusermount3 (Debian package fuse3)")
-    size = (256 if quick else 1024) * MiB
-    entries = 2_000 if quick else 10_000
-    repeats = 1 if quick else 3
+        raise SystemExit(f"bench {name}: needs /dev/fuse and fusermount3 (Debian package fuse3)")
     owned = Owned()
 
     def terminated(signum: int, frame: object) -> None:
@@ -578,16 +581,21 @@ def main(quick: bool = False) -> dict:
 
     previous = signal.signal(signal.SIGTERM, terminated)
     try:
-        with tempfile.TemporaryDirectory(prefix="s3xfs-bench-mount-") as tmp:
+        with tempfile.TemporaryDirectory(prefix=f"s3xfs-bench-{name}-") as tmp:
             try:
-                result = run(Path(tmp), owned, size, entries, repeats)
+                return body(Path(tmp), owned)
             finally:
                 owned.stop()
     finally:
         signal.signal(signal.SIGTERM, previous)
-    result.update(machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-                          f"Linux {platform.release()}",
-                  quick=quick, size=size, entries=entries, repeats=repeats, mount_options=list(MOUNT_OPTIONS))
+
+
+def main(quick: bool = False) -> dict:
+    size = (256 if quick else 1024) * MiB
+    entries = 2_000 if quick else 10_000
+    repeats = 1 if quick else 3
+    result = run_owned("mount", lambda workdir, owned: run(workdir, owned, size, entries, repeats))
+    result.update(machine=machine(), quick=quick, size=size, entries=entries, repeats=repeats, mount_options=list(MOUNT_OPTIONS))
     table = rows(result, size, entries)
     result["table"] = [dict(zip(("workload", "s3xfs", "baseline", "ratio", "target", "met"), row)) for row in table]
     print(f"\ns3xfs mount benchmark ({result['machine']}; medians of {repeats} run{'s' if repeats > 1 else ''}, "

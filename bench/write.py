@@ -21,12 +21,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import platform
 import random
-import shutil
-import signal
 import statistics
-import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +31,8 @@ from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 
 from bench.localzone import ACCESS_KEY, BUCKET, REGION, SECRET_KEY, Endpoint
-from bench.mount import GiB, MiB, CpuMeter, Mount, Owned, RssSampler, endpoint_stats, reset_stats, rss_kib
+from bench.mount import (GiB, MiB, CpuMeter, Mount, Owned, RssSampler, endpoint_stats, machine, reset_stats, rss_kib,
+                         run_owned)
 
 WRITE_SIZE = 1 * MiB  # the writer's write() size
 PART = 8 * MiB  # direct baseline: part size (s3xfs's default --part-size)
@@ -260,27 +257,10 @@ def rows(r: dict, size: int) -> list[tuple[str, str, str, str, str, bool | None]
 
 
 def main(quick: bool = False) -> dict:
-    if not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None:
-        raise SystemExit("bench write: needs /dev/fuse and fusermount3 (Debian package fuse3)")
     size = (256 if quick else 1024) * MiB
     repeats = 1 if quick else 3
-    owned = Owned()
-
-    def terminated(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt  # SIGTERM cleans up like Ctrl-C
-
-    previous = signal.signal(signal.SIGTERM, terminated)
-    try:
-        with tempfile.TemporaryDirectory(prefix="s3xfs-bench-write-") as tmp:
-            try:
-                result = run(Path(tmp), owned, size, repeats)
-            finally:
-                owned.stop()
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-    result.update(machine=f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-                          f"Linux {platform.release()}",
-                  quick=quick, size=size, repeats=repeats, mount_options=["--staging-dir", "DIR"])
+    result = run_owned("write", lambda workdir, owned: run(workdir, owned, size, repeats))
+    result.update(machine=machine(), quick=quick, size=size, repeats=repeats, mount_options=["--staging-dir", "DIR"])
     table = rows(result, size)
     result["table"] = [dict(zip(("workload", "s3xfs", "baseline", "ratio", "target", "met"), row)) for row in table]
     print(f"\ns3xfs write benchmark ({result['machine']}; medians of {repeats} run{'s' if repeats > 1 else ''}, "

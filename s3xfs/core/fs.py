@@ -394,8 +394,7 @@ class Filesystem:
             async with self._lock(inode):
                 writer = inode.writer
                 if writer is not None:
-                    data = writer.read(offset, size)
-                    return data if isinstance(data, bytes) else await data
+                    return await writer.read(offset, size)
         if handle.prefetcher is None:
             return b""  # made here and never uploaded: only what a writer holds exists
         try:
@@ -449,8 +448,7 @@ class Filesystem:
     def _new_writer(self, inode: Inode, condition: Condition, *, rdwr: bool) -> Writer:
         """Empty new content: streamed, unless the handle also reads (then random access is likely)."""
         if rdwr:
-            staged = self.staging.new_file(self.client, inode.key, condition, part_size=self.options.part_size,
-                                           budget=self.write_budget)
+            staged = self._staged(inode, condition)
             staged.dirty = True
             return staged
         if self._nursery is None:
@@ -484,9 +482,14 @@ class Filesystem:
             return self._new_writer(inode, Condition.based_on(inode.etag), rdwr=False)
         return await self._staged_copy(inode, inode.etag, inode.size)
 
+    def _staged(self, inode: Inode, condition: Condition) -> StagedFile:
+        """A new, empty staged file for the inode's key."""
+        return self.staging.new_file(self.client, inode.key, condition, part_size=self.options.part_size,
+                                     budget=self.write_budget)
+
     async def _staged_copy(self, inode: Inode, etag: str | None, size: int) -> StagedFile:
-        staged = self.staging.new_file(self.client, inode.key, Condition.based_on(etag), part_size=self.options.part_size,
-                                       budget=self.write_budget)
+        """A staged file holding the object's current content (pinned to ``etag``)."""
+        staged = self._staged(inode, Condition.based_on(etag))
         try:
             if etag is not None and size > 0:
                 await staged.fill_from(inode.key, size, etag)
@@ -503,8 +506,7 @@ class Filesystem:
                                               "(sequential writes stream; open the file read-write for random writes)")
                 writer.fail(error)  # the file cannot be what was written: never commit it half way
                 raise error
-            staged = self.staging.new_file(self.client, inode.key, writer.condition, part_size=self.options.part_size,
-                                           budget=self.write_budget)
+            staged = self._staged(inode, writer.condition)
             await staged.write(0, writer.buffered())
             await staged.truncate(writer.size)
         elif isinstance(writer, AppendUpload):

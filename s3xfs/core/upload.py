@@ -130,7 +130,7 @@ class StreamUpload:
         self.size = size
         self.dirty = True
 
-    def read(self, offset: int, size: int) -> bytes:
+    async def read(self, offset: int, size: int) -> bytes:
         if offset < self._buffer_start:
             raise FsError(errno.EIO, f"{self.key}: bytes already streamed out cannot be read before the file is closed")
         at = offset - self._buffer_start
@@ -359,7 +359,7 @@ class StagedFile:
         try:
             result = await self._upload()
         except (client_errors.ClientError, FsError, OSError) as exc:
-            os.fsync(self._fd)
+            await trio.to_thread.run_sync(os.fsync, self._fd)
             log.error("uploading %r failed (%s); its content (%d bytes) is kept in %s", self.key, exc, self.size, self.path)
             raise FsError(errno.EIO, f"{self.key}: upload failed: {exc}; content kept in {self.path}") from None
         self.condition = Condition(if_match=result.etag)
@@ -373,22 +373,18 @@ class StagedFile:
             return await _put(self.client, self.key, data, self.condition)
         upload_id = await self.client.create_multipart(self.key)
         parts: dict[int, str] = {}
+        failures: list[Exception] = []  # the first failed part is raised as commit() expects, not in a group
         try:
-            try:
-                async with trio.open_nursery() as nursery:
-                    limit = trio.Semaphore(MAX_PARALLEL_PARTS)
-                    for number, start in enumerate(range(0, self.size, part), start=1):
-                        length = min(part, self.size - start)
-                        await self.budget.acquire(length)
-                        await limit.acquire()
-                        nursery.start_soon(self._upload_part, upload_id, number, start, length, parts, limit)
-            except BaseExceptionGroup as group:  # a failed part: raise it as commit() expects, not wrapped
-                failed, _ = group.split((client_errors.ClientError, OSError))
-                if failed is None:
-                    raise
-                while isinstance(failed, BaseExceptionGroup):
-                    failed = failed.exceptions[0]
-                raise failed from None
+            async with trio.open_nursery() as nursery:
+                limit = trio.Semaphore(MAX_PARALLEL_PARTS)
+                for number, start in enumerate(range(0, self.size, part), start=1):
+                    length = min(part, self.size - start)
+                    await self.budget.acquire(length)
+                    await limit.acquire()
+                    nursery.start_soon(self._upload_part, upload_id, number, start, length, parts, limit, failures,
+                                       nursery.cancel_scope)
+            if failures:
+                raise failures[0]
             return await self.client.complete_multipart(self.key, upload_id, sorted(parts.items()),
                                                         if_match=self.condition.if_match,
                                                         if_none_match=self.condition.if_none_match)
@@ -401,10 +397,13 @@ class StagedFile:
             raise
 
     async def _upload_part(self, upload_id: str, number: int, start: int, length: int, parts: dict[int, str],
-                           limit: trio.Semaphore) -> None:
+                           limit: trio.Semaphore, failures: list[Exception], scope: trio.CancelScope) -> None:
         try:
             data = await trio.to_thread.run_sync(os.pread, self._fd, length, start)
             parts[number] = await self.client.upload_part(self.key, upload_id, number, data)
+        except (client_errors.ClientError, OSError) as exc:
+            failures.append(exc)
+            scope.cancel()  # no point sending the other parts: the upload is aborted
         finally:
             self.budget.release(length)
             limit.release()

@@ -6,14 +6,14 @@ import errno
 import os
 
 import pytest
-import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from s3xfs.client.memory import MemoryClient
 from s3xfs.core.errors import FsError
-from s3xfs.core.fs import Filesystem, FsOptions
+from s3xfs.core.fs import Filesystem
 from s3xfs.core.inodes import ROOT_INODE
+from tests.support.core import run_filesystem
 
 
 class FakeClock:
@@ -26,21 +26,7 @@ class FakeClock:
 
 def run(fs_test, *, keys: dict[str, bytes] | None = None, clock=None, **options):
     """Run ``fs_test(fs, client)`` inside trio with the filesystem attached to a nursery."""
-    client = MemoryClient(seed=1)
-    for key, data in (keys or {}).items():
-        client.put_object_sync(key, data)
-    fs = Filesystem(client, FsOptions(**options), **({"clock": clock} if clock else {}))
-
-    async def main():
-        async with trio.open_nursery() as nursery:
-            fs.attach(nursery)
-            try:
-                return await fs_test(fs, client)
-            finally:
-                await fs.close()
-                nursery.cancel_scope.cancel()
-
-    return trio.run(main)
+    return run_filesystem(fs_test, MemoryClient(seed=1), keys=keys, clock=clock, **options)
 
 
 async def resolve(fs: Filesystem, path: str) -> int:

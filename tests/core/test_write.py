@@ -34,6 +34,7 @@ from s3xfs.core.errors import FsError
 from s3xfs.core.fs import RENAME_EXCHANGE, RENAME_NOREPLACE, Filesystem, FsOptions
 from s3xfs.core.inodes import ROOT_INODE
 from s3xfs.core.upload import MAX_PARTS, AppendUpload, StagedFile, upload_part_size
+from tests.support.core import run_filesystem
 
 PART = 1024  # the part size under ``small_parts``
 
@@ -63,22 +64,9 @@ def run(staging: Path):
     on trio, the filesystem attached to a nursery and its staging directory under tmp_path."""
 
     def runner(fs_test, *, keys: dict[str, bytes] | None = None, directory: bool = True, clock=None, **options):
-        client = MemoryClient(seed=1, directory=directory, min_part_size=PART)
-        for key, data in (keys or {}).items():
-            client.put_object_sync(key, data)
         options.setdefault("staging_dir", str(staging))
-        fs = Filesystem(client, FsOptions(**options), **({"clock": clock} if clock else {}))
-
-        async def main():
-            async with trio.open_nursery() as nursery:
-                fs.attach(nursery)
-                try:
-                    return await fs_test(fs, client)
-                finally:
-                    await fs.close()
-                    nursery.cancel_scope.cancel()
-
-        return trio.run(main)
+        return run_filesystem(fs_test, MemoryClient(seed=1, directory=directory, min_part_size=PART), keys=keys,
+                              clock=clock, **options)
 
     return runner
 

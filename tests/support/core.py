@@ -1,0 +1,32 @@
+"""Drive the filesystem core in-process: a Filesystem on the in-memory client, on trio."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from s3xfs.client.memory import MemoryClient
+from s3xfs.core.fs import Filesystem, FsOptions
+
+
+def run_filesystem(fs_test: Callable[[Filesystem, MemoryClient], Awaitable[Any]], client: MemoryClient, *,
+                   keys: dict[str, bytes] | None = None, clock: Callable[[], float] | None = None,
+                   **options: Any) -> Any:
+    """Store ``keys``, then run ``fs_test(fs, client)`` inside trio with the filesystem attached to
+    a nursery; the filesystem is closed (as at unmount) whatever happens."""
+    for key, data in (keys or {}).items():
+        client.put_object_sync(key, data)
+    fs = Filesystem(client, FsOptions(**options), **({"clock": clock} if clock else {}))
+
+    async def main() -> Any:
+        async with trio.open_nursery() as nursery:
+            fs.attach(nursery)
+            try:
+                return await fs_test(fs, client)
+            finally:
+                await fs.close()
+                nursery.cancel_scope.cancel()
+
+    return trio.run(main)
