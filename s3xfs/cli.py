@@ -1,4 +1,4 @@
-"""``s3xfs``: mount, unmount, version. Parses and checks everything before the daemon starts, so
+"""``s3xfs``: mount, unmount, cache, version. Parses and checks everything before the daemon starts, so
 that mistakes get a one-line reason and a non-zero exit instead of a traceback."""
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from .config import INDEFINITE, MountConfig, default_staging_dir
 SIZE_SUFFIXES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 MIN_PART_SIZE = 1024 * 1024  # below this, per-request overhead dominates reads
 MAX_PART_SIZE = 5 * 1024**3  # S3's part and PUT limit
+MIN_CACHE_BLOCK = 64 * 1024  # below this, per-block bookkeeping costs more than the bytes
+MAX_CACHE_BLOCK = 16 * 1024 * 1024  # above this, one random read caches far more than it asked for
 
 
 class UsageError(Exception):
@@ -67,7 +69,8 @@ def _positive_int(text: str, what: str, low: int, high: int) -> int:
 O_FLAGS = {"ro": ("read_only", True), "rw": ("read_only", False), "read-only": ("read_only", True),
            "foreground": ("foreground", True), "allow-other": ("allow_other", True), "allow-root": ("allow_root", True)}
 O_VALUES = {"region", "endpoint-url", "profile", "prefix", "uid", "gid", "file-mode", "dir-mode", "metadata-ttl",
-            "negative-ttl", "max-threads", "part-size", "staging-dir", "log-level", "log-file"}
+            "negative-ttl", "max-threads", "part-size", "staging-dir", "cache", "max-cache-size", "cache-block-size",
+            "log-level", "log-file"}
 
 
 def apply_o_options(args: argparse.Namespace, values: list[str]) -> None:
@@ -114,12 +117,28 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--part-size", help="size of ranged GETs and of upload parts (at least 5 MiB), e.g. 8M (default: 8 MiB)")
     mount.add_argument("--staging-dir", help="where files written out of order are kept until uploaded, and failed "
                                              "uploads are rescued (default: /var/tmp/s3xfs-UID)")
+    mount.add_argument("--cache", metavar="DIR", help="keep data blocks and metadata in this directory, across "
+                                                      "mounts (created 0700; default: no disk cache)")
+    mount.add_argument("--max-cache-size", metavar="SIZE", help="cap of the cache directory, e.g. 20G "
+                                                                "(default: 10%% of the free space there)")
+    mount.add_argument("--cache-block-size", metavar="SIZE", help="size of cached data blocks, a power of two "
+                                                                  "from 64K to 16M (default: 1M)")
     mount.add_argument("--log-level", help="DEBUG, INFO, WARNING (default) or ERROR")
     mount.add_argument("--log-file", help="log to this file (default: stderr in the foreground, syslog otherwise)")
     mount.add_argument("-o", dest="o", action="append", default=[], metavar="KEY[=VALUE],...",
                        help="the same options, fstab style: ro, rw, region=..., metadata-ttl=..., ...")
     unmount = sub.add_parser("unmount", help="unmount a mounted bucket")
     unmount.add_argument("mountpoint", metavar="MOUNTPOINT")
+    cache = sub.add_parser("cache", help="inspect or clear a cache directory",
+                           description="Inspect or clear a --cache directory (also while mounts use it).")
+    actions = cache.add_subparsers(dest="action", required=True)
+    info = actions.add_parser("info", help="what the cache holds, per bucket")
+    info.add_argument("directory", metavar="DIR")
+    clear = actions.add_parser("clear", help="drop cached data and metadata",
+                               description="Drop the entries of the named buckets (any endpoint), or all of them.")
+    clear.add_argument("directory", metavar="DIR")
+    clear.add_argument("sources", nargs="*", metavar="BUCKET[/PREFIX/]", help="whose entries to drop")
+    clear.add_argument("--all", action="store_true", help="drop every entry of every bucket")
     return parser
 
 
@@ -144,6 +163,7 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
     part_size = _size(args.part_size, "--part-size") if args.part_size else MountConfig.part_size
     if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
         raise UsageError(f"--part-size must be between 1 MiB and 5 GiB, not {args.part_size}")
+    cache_dir, max_cache_size, block_size = _cache_options(args)
     return MountConfig(
         bucket=source.bucket.name, prefix=source.prefix, mountpoint=mountpoint, region=region,
         read_only=bool(args.read_only), endpoint_url=endpoint, profile=args.profile, foreground=bool(args.foreground),
@@ -155,9 +175,67 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
         negative_ttl=_seconds(args.negative_ttl, "--negative-ttl", True) if args.negative_ttl else MountConfig.negative_ttl,
         max_threads=_positive_int(args.max_threads, "--max-threads", 1, 1024) if args.max_threads else MountConfig.max_threads,
         part_size=part_size, staging_dir=Path(args.staging_dir).absolute() if args.staging_dir else default_staging_dir(),
+        cache_dir=cache_dir, max_cache_size=max_cache_size, cache_block_size=block_size,
         log_level=level, log_file=Path(args.log_file).absolute() if args.log_file else None,
         fsname=f"s3xfs:{source.bucket.name}" + (f"/{source.prefix}" if source.prefix else ""),
     )
+
+
+def _cache_options(args: argparse.Namespace) -> tuple[Path | None, int | None, int]:
+    """--cache, --max-cache-size, --cache-block-size, checked (the directory is created 0700 here)."""
+    from .core.cache.store import MIN_SIZE, CacheDirError, prepare_directory
+
+    if args.cache is None:
+        for name in ("max_cache_size", "cache_block_size"):
+            if getattr(args, name) is not None:
+                raise UsageError(f"--{name.replace('_', '-')} needs --cache DIR")
+        return None, None, MountConfig.cache_block_size
+    size = _size(args.max_cache_size, "--max-cache-size") if args.max_cache_size else None
+    if size is not None and size < MIN_SIZE:
+        raise UsageError(f"--max-cache-size must be at least {MIN_SIZE >> 20}M, not {args.max_cache_size}")
+    block = _size(args.cache_block_size, "--cache-block-size") if args.cache_block_size else MountConfig.cache_block_size
+    if not MIN_CACHE_BLOCK <= block <= MAX_CACHE_BLOCK or block & (block - 1):
+        raise UsageError(f"--cache-block-size must be a power of two from 64K to 16M, not {args.cache_block_size}")
+    try:
+        directory = prepare_directory(Path(args.cache))
+    except CacheDirError as exc:
+        raise UsageError(str(exc)) from None
+    return directory, size, block
+
+
+def cache_command(args: argparse.Namespace) -> int:
+    """``s3xfs cache info|clear DIR``: works on the directory alone (no credentials, no endpoint)."""
+    from .core.cache import store
+
+    directory = Path(args.directory).absolute()
+    try:
+        known = store.namespaces(directory)
+        if args.action == "info":
+            print(f"{directory}: {store.volume(directory) / 2**20:.1f} MiB used")
+            for namespace_id, facts in sorted(known.items(), key=lambda item: str(item[1].get("bucket"))):
+                print(f"  {facts.get('bucket')}/{facts.get('prefix', '')} at {facts.get('endpoint')} ({namespace_id})")
+            return 0
+        if args.all == bool(args.sources):
+            raise UsageError("name the BUCKET[/PREFIX/] whose entries to drop, or --all")
+        if args.all:
+            removed = store.clear(directory)
+        else:
+            wanted = set()
+            for text in args.sources:
+                try:
+                    source = parse_mount_source(text)
+                except NamingError as exc:
+                    raise UsageError(str(exc).rstrip(".")) from None
+                wanted.add((source.bucket.name, source.prefix))
+            ids = [namespace_id for namespace_id, facts in known.items()
+                   if (facts.get("bucket"), facts.get("prefix", "")) in wanted]
+            if not ids:
+                raise UsageError(f"{directory} holds nothing of {', '.join(args.sources)}")
+            removed = store.clear(directory, ids)
+        print(f"s3xfs: dropped {removed} cache entries from {directory}")
+        return 0
+    except store.CacheDirError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def unmount(mountpoint: str) -> int:
@@ -180,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "unmount":
         return unmount(args.mountpoint)
     try:
+        if args.command == "cache":
+            return cache_command(args)
         config = mount_config(args)
     except UsageError as exc:
         print(f"s3xfs: {exc}", file=sys.stderr)

@@ -42,6 +42,14 @@ class MountConfig:
     # Out-of-order writes are staged here, and the data of failed uploads is rescued here: on disk,
     # not in /tmp (often RAM, often wiped at boot) so a crash or a failed upload loses nothing.
     staging_dir: Path = field(default_factory=default_staging_dir)
+    # --cache: off by default (a disk cache is a decision about someone's disk). With it, data blocks
+    # and metadata are kept there across mounts; the cap defaults to a share of the free space
+    # (core/cache/store.py: DEFAULT_SHARE, 10%) measured at mount time.
+    cache_dir: Path | None = None
+    max_cache_size: int | None = None  # None: the default share of free disk
+    # Cache blocks of 1 MiB: the size of the kernel's largest FUSE read here, a divisor of every part
+    # size, and small enough that a random 256 KiB read caches little it did not ask for.
+    cache_block_size: int = 1024 * 1024
     read_ahead_kb: int = 1024  # kernel read-ahead for the mount: lets the kernel send 1 MiB reads (FUSE max_pages 256)
     fsname: str = "s3xfs"
     log_level: str = "WARNING"

@@ -20,9 +20,10 @@ import pyfuse3
 import trio
 
 from .client import errors as client_errors
-from .client.naming import parse_bucket_name
+from .client.naming import endpoint_for, parse_bucket_name
 from .client.s3 import ClientOptions, open_client
 from .config import MountConfig
+from .core.cache import CacheStore, Namespace
 from .core.fs import Filesystem, FsOptions
 from .fuse_ops import FuseOperations
 from .malloc_tuning import keep_freed_buffers
@@ -134,14 +135,36 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
                 await client.probe(config.prefix)
             except client_errors.ClientError as exc:
                 raise MountFailed(_reason(exc)) from None
-            fs = Filesystem(client, FsOptions(
-                prefix=config.prefix, read_only=config.read_only, uid=config.uid, gid=config.gid,
-                file_mode=config.file_mode, dir_mode=config.dir_mode, metadata_ttl=config.metadata_ttl,
-                negative_ttl=config.negative_ttl, part_size=config.part_size, read_buffer=config.read_buffer,
-                staging_dir=str(config.staging_dir)))
-            await _mount_and_serve(config, fs, ready)
+            cache = _open_cache(config)
+            try:
+                fs = Filesystem(client, FsOptions(
+                    prefix=config.prefix, read_only=config.read_only, uid=config.uid, gid=config.gid,
+                    file_mode=config.file_mode, dir_mode=config.dir_mode, metadata_ttl=config.metadata_ttl,
+                    negative_ttl=config.negative_ttl, part_size=config.part_size, read_buffer=config.read_buffer,
+                    staging_dir=str(config.staging_dir), cache_block_size=config.cache_block_size), cache=cache)
+                await _mount_and_serve(config, fs, ready)
+            finally:
+                if cache is not None:
+                    cache.close()
     except client_errors.ClientError as exc:
         raise MountFailed(_reason(exc)) from None
+
+
+def _open_cache(config: MountConfig) -> CacheStore | None:
+    """The --cache directory, namespaced by endpoint + bucket + prefix."""
+    if config.cache_dir is None:
+        return None
+    import sqlite3
+
+    from .core.cache import CacheDirError
+
+    bucket = parse_bucket_name(config.bucket)
+    endpoint = config.endpoint_url or endpoint_for(bucket, config.region).url
+    try:
+        return CacheStore(config.cache_dir, Namespace(endpoint, config.bucket, config.prefix),
+                          size_limit=config.max_cache_size)
+    except (CacheDirError, OSError, sqlite3.Error) as exc:
+        raise MountFailed(f"cannot use cache directory {config.cache_dir}: {exc}") from None
 
 
 def _reason(exc: client_errors.ClientError) -> str:

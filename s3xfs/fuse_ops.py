@@ -131,7 +131,7 @@ class FuseOperations(pyfuse3.Operations):
 
     @_translate
     async def getxattr(self, inode: int, name: bytes, ctx: pyfuse3.RequestContext) -> bytes:
-        return self.fs.getxattr(inode, os.fsdecode(name))
+        return await self.fs.getxattr(inode, os.fsdecode(name))
 
     @_translate
     async def listxattr(self, inode: int, ctx: pyfuse3.RequestContext) -> list[bytes]:

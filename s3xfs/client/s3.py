@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_CONNECTIONS = 32  # parallel ranged GETs of a prefetcher plus metadata traffic; botocore's default (10) starves it
+PROBE_KEY = ".s3xfs-probe"  # what the mount-time check asks for (its absence is the expected answer)
 CONNECT_TIMEOUT = 5.0  # a zonal endpoint answers in milliseconds; a dead one should fail fast
 READ_TIMEOUT = 30.0  # between bytes of a response
 # An AccessDenied this close to (or after) a session's expiry is treated as an expired token.
@@ -221,8 +222,22 @@ class S3Client:
     # --- ObjectClient --------------------------------------------------------------------------
 
     async def probe(self, prefix: str = "") -> None:
-        """Check at start that the bucket answers (and, for directory buckets, that our session signs)."""
-        await self._call("ListObjectsV2", lambda: self._boto.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1))
+        """Check at start that the bucket answers (and, for directory buckets, that our session signs).
+
+        Directory buckets: a HEAD of a key nobody needs (sessions have no per-prefix permissions,
+        so it proves as much as a LIST would), which keeps a remount that takes its listings from
+        the disk cache free of LIST requests. General purpose buckets: a one-key LIST of the
+        prefix, since their policies may allow some prefixes only.
+        """
+        if self.directory:
+            key = prefix + PROBE_KEY
+            try:
+                await self._call("HeadObject", lambda: self._boto.head_object(Bucket=self.bucket, Key=key), key)
+            except errors.NotFound:
+                pass
+        else:
+            await self._call("ListObjectsV2",
+                             lambda: self._boto.list_objects_v2(Bucket=self.bucket, Prefix=prefix, MaxKeys=1))
         if self.directory and self._identity.hits == 0:
             raise errors.ClientError("botocore did not use s3xfs's S3 Express session for signing: its internals "
                                      "changed; use a botocore version within the range in pyproject.toml")

@@ -25,11 +25,12 @@ import trio
 
 from ..client import errors as client_errors
 from ..client.protocol import ObjectClient, ObjectInfo
+from .cache import BlockCache, CachedSource, CacheStore, Entry, Listing, MetadataCache
 from .errors import FsError
 from .handles import FileHandle, HandleTable
-from .inodes import Inode, InodeTable
+from .inodes import ROOT_INODE, Inode, InodeTable
 from .names import name_problem
-from .prefetch import MemoryBudget, Prefetcher
+from .prefetch import MemoryBudget, Prefetcher, RangeSource
 from .readdir import DirEntry, DirHandle
 from .upload import AppendUpload, Condition, NotSequential, StagedFile, Staging, StreamUpload, Writer
 
@@ -41,6 +42,7 @@ KERNEL_FOREVER = 365 * 24 * 3600.0  # what "indefinite" TTLs become for the kern
 BLOCK_SIZE = 512  # st_blocks unit
 RENAME_NOREPLACE = 1  # renameat2(2) flags, as FUSE passes them
 RENAME_EXCHANGE = 2
+DISK_RECHECK = 1.0  # seconds before the disk cache is asked again for a listing it did not have
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ class FsOptions:
     read_buffer: int = 256 << 20
     write_buffer: int = 128 << 20  # all parts of all files waiting to be uploaded (then writers wait)
     staging_dir: str = "/var/tmp/s3xfs"  # see s3xfs/config.py
+    cache_block_size: int = 1 << 20  # see s3xfs/config.py
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,8 @@ class StatFs:
 
 
 class Filesystem:
-    def __init__(self, client: ObjectClient, options: FsOptions, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, client: ObjectClient, options: FsOptions, *, clock: Callable[[], float] = time.monotonic,
+                 cache: CacheStore | None = None) -> None:
         self.client = client
         self.options = options
         self._clock = clock
@@ -107,10 +111,16 @@ class Filesystem:
         self._hidden_logged: set[str] = set()
         # How lookups were answered (for live stats): from the cache, negatively from the cache, or remotely.
         self.counters = {"lookups_remote": 0, "lookups_cached": 0, "lookups_negative_cached": 0, "listings": 0}
+        # --cache: data blocks and metadata on disk (None: memory only).
+        self.cache = cache
+        self.blocks = BlockCache(cache, options.cache_block_size) if cache is not None else None
+        self.metadata = MetadataCache(cache, options.metadata_ttl) if cache is not None else None
 
     def attach(self, nursery: trio.Nursery) -> None:
         """The long-lived nursery that read-ahead tasks run in."""
         self._nursery = nursery
+        if self.cache is not None:
+            nursery.start_soon(self.cache.writer)
 
     # --- attributes ----------------------------------------------------------------------------
 
@@ -165,15 +175,74 @@ class Filesystem:
         """The inode named parent/name, from the cache within its TTL or from the bucket; None if none."""
         if name_problem(name) is not None:
             return None
-        now = self._clock()
-        child = self.inodes.child(parent.ino, name)
-        if child is not None and child.expires > now:
-            self.counters["lookups_cached"] += 1
-            return child
-        if child is None and (self.inodes.is_negative(parent.ino, name) or parent.listing_expires > now):
-            self.counters["lookups_negative_cached"] += 1
-            return None
-        return await self._resolve(parent, name)
+        restored = False
+        while True:
+            now = self._clock()
+            child = self.inodes.child(parent.ino, name)
+            if child is not None and child.expires > now:
+                self.counters["lookups_cached"] += 1
+                return child
+            if child is None and (self.inodes.is_negative(parent.ino, name) or parent.listing_expires > now):
+                self.counters["lookups_negative_cached"] += 1
+                return None
+            if restored or not await self._restore(parent, name):
+                return await self._resolve(parent, name)
+            restored = True
+
+    async def _restore(self, parent: Inode, name: str) -> bool:
+        """Learn parent/name from the disk cache: the parent's listing, else the name's own entry.
+        True if something was learnt (the caller looks again)."""
+        if self.metadata is None or self.cache is None or parent.local:
+            return False
+        if await self._restore_listing(parent):
+            return True
+        entry = await self.cache.run(self.metadata.load_entry, parent.key + name)
+        if entry is None or entry.fetched_at <= parent.changed_at:
+            return False  # absent, or older than a change this mount made
+        current = self.inodes.child(parent.ino, name)
+        if current is not None and (current.pinned or current.expires > self._clock()):
+            return True  # learnt meanwhile, better than the disk's
+        remaining = self.metadata.remaining(entry.fetched_at)
+        if remaining <= 0:
+            return False
+        if entry.info is None:
+            self.inodes.upsert(parent, name, is_dir=True, key=parent.key + name + "/", ttl=remaining, mtime=parent.mtime)
+        else:
+            self._upsert_file(parent, name, entry.info, ttl=remaining)
+        return True
+
+    async def _restore_listing(self, directory: Inode) -> bool:
+        """The directory's listing from the disk cache, if it has one within the TTL (asked at
+        most once per ``DISK_RECHECK`` seconds per directory)."""
+        if self.metadata is None or self.cache is None or directory.local:
+            return False
+        if self._clock() - directory.disk_checked < DISK_RECHECK:
+            return False
+        directory.disk_checked = self._clock()
+        listing = await self.cache.run(self.metadata.load_listing, directory.key)
+        if listing is None or listing.fetched_at <= directory.changed_at:
+            return False
+        if directory.listing_expires > self._clock():
+            return True  # listed meanwhile: that listing is fresher
+        remaining = self.metadata.remaining(listing.fetched_at)
+        if remaining <= 0:
+            return False
+        self._apply_listing(directory, set(listing.dirs), {info.key[len(directory.key):]: info for info in listing.files},
+                            remaining)
+        return True
+
+    def _remember_entry(self, parent: Inode, name: str, started: float, info: ObjectInfo | None) -> None:
+        """Keep what the bucket said about parent/name on disk, unless this mount changed the
+        directory since the request started (then the answer may already be stale)."""
+        if self.metadata is not None and self.cache is not None and parent.changed_at < started:
+            self.cache.queue(self.metadata.save_entry, parent.key + name, Entry(started, info))
+
+    def _changed(self, parent: Inode, name: str) -> None:
+        """This mount changed parent/name in the bucket: what the disk cache says about it is stale."""
+        parent.changed_at = time.time()
+        if self.metadata is not None and self.cache is not None:
+            key = parent.key + name
+            self.cache.queue(self.metadata.forget, [key], [parent.key, key + "/"])
 
     def _found(self, inode: Inode) -> Attributes:
         self.inodes.remember(inode)
@@ -184,6 +253,7 @@ class Filesystem:
         self.counters["lookups_remote"] += 1
         key = parent.key + name
         found: dict[str, object] = {}
+        started = time.time()
 
         async def head() -> None:
             try:
@@ -204,9 +274,11 @@ class Filesystem:
             inode = self.inodes.upsert(parent, name, is_dir=True, key=key + "/", ttl=self._ttl(), mtime=parent.mtime)
             if "file" in found:
                 self._log_hidden(key, "a directory of the same name shadows it")
+            self._remember_entry(parent, name, started, None)
             return inode
         info = found.get("file")
         if isinstance(info, ObjectInfo):
+            self._remember_entry(parent, name, started, info)
             return self._upsert_file(parent, name, info)
         current = self.inodes.child(parent.ino, name)
         if current is not None and current.pinned:
@@ -215,9 +287,10 @@ class Filesystem:
         self.inodes.set_negative(parent.ino, name, self.options.negative_ttl)
         return None
 
-    def _upsert_file(self, parent: Inode, name: str, info: ObjectInfo) -> Inode:
+    def _upsert_file(self, parent: Inode, name: str, info: ObjectInfo, *, ttl: float | None = None) -> Inode:
         checksum = f"{info.checksum_algorithm}:{info.checksum}" if info.checksum_algorithm and info.checksum else None
-        return self.inodes.upsert(parent, name, is_dir=False, key=info.key, ttl=self._ttl(), size=info.size,
+        ttl = self._ttl() if ttl is None else ttl
+        return self.inodes.upsert(parent, name, is_dir=False, key=info.key, ttl=ttl, size=info.size,
                                   etag=info.etag, mtime=info.last_modified, storage_class=info.storage_class,
                                   checksum=checksum)
 
@@ -230,12 +303,14 @@ class Filesystem:
         inode = self._inode(ino)
         if inode.is_dir or inode.pinned or inode.expires > self._clock():
             return self.attributes(inode)
+        started = time.time()
         try:
             info = await self.client.head(inode.key)
         except client_errors.NotFound:
             raise FsError(errno.ENOENT, f"{inode.key} no longer exists") from None
         parent = self.inodes.get(inode.parent)
         if parent is not None and self.inodes.child(parent.ino, inode.name) is inode:
+            self._remember_entry(parent, inode.name, started, info)
             self._upsert_file(parent, inode.name, info)
         else:  # renamed away or replaced meanwhile: refresh this inode alone
             inode.size, inode.etag, inode.mtime = info.size, info.etag, info.last_modified
@@ -251,7 +326,8 @@ class Filesystem:
     async def opendir(self, ino: int) -> int:
         handle = DirHandle(self._dir(ino))
         if not self._reuse_listing(handle):
-            await self._load(handle)
+            if not (await self._restore_listing(handle.inode) and self._reuse_listing(handle)):
+                await self._load(handle)
         return self._dirs.add(handle)
 
     def _reuse_listing(self, handle: DirHandle) -> bool:
@@ -269,7 +345,17 @@ class Filesystem:
         return True
 
     async def _load(self, handle: DirHandle) -> None:
+        """List the directory in the bucket (and keep the listing on disk when there is a cache)."""
         directory = handle.inode
+        started = time.time()
+        dirs, files = await self._list_remote(directory)
+        handle.entries = self._apply_listing(directory, dirs, files, self.options.metadata_ttl)
+        if self.metadata is not None and self.cache is not None and directory.changed_at < started:
+            listing = Listing(started, sorted(dirs), list(files.values()))
+            self.cache.queue(self.metadata.save_listing, directory.key, listing)
+
+    async def _list_remote(self, directory: Inode) -> tuple[set[str], dict[str, ObjectInfo]]:
+        """Child directory names and files of a directory, with invalid names hidden (and logged once)."""
         self.counters["listings"] += 1
         files: dict[str, ObjectInfo] = {}
         dirs: set[str] = set()
@@ -291,16 +377,23 @@ class Filesystem:
                     self._log_hidden(common, f"its name {problem}")
                     continue
                 dirs.add(name)
+        for name in dirs & files.keys():
+            self._log_hidden(files.pop(name).key, "a directory of the same name shadows it")
+        return dirs, files
+
+    def _apply_listing(self, directory: Inode, dirs: set[str], files: dict[str, ObjectInfo], ttl: float) -> list[DirEntry]:
+        """Make a complete listing the directory's truth for ``ttl`` seconds; its entries for readdir."""
         entries = [DirEntry(".", directory, False), DirEntry("..", self._inode(directory.parent), False)]
         seen: set[str] = set()
+        prefix = directory.key
         for name in dirs:
-            if name in files:
-                self._log_hidden(files.pop(name).key, "a directory of the same name shadows it")
             entries.append(DirEntry(name, self.inodes.upsert(directory, name, is_dir=True, key=prefix + name + "/",
-                                                             ttl=self._ttl(), mtime=directory.mtime), True))
+                                                             ttl=ttl, mtime=directory.mtime), True))
             seen.add(name)
         for name, info in files.items():
-            entries.append(DirEntry(name, self._upsert_file(directory, name, info), True))
+            if name in dirs:
+                continue
+            entries.append(DirEntry(name, self._upsert_file(directory, name, info, ttl=ttl), True))
             seen.add(name)
         for child in self.inodes.children(directory.ino):
             if child.name in seen:
@@ -309,9 +402,9 @@ class Filesystem:
                 entries.append(DirEntry(child.name, child, True))
             else:
                 self.inodes.remove_name(directory.ino, child.name)
-        directory.listing_expires = self._clock() + self.options.metadata_ttl
+        directory.listing_expires = self._clock() + ttl
         directory.listing = [entry.name for entry in entries[2:]]
-        handle.entries = entries
+        return entries
 
     def readdir(self, fh: int, start: int) -> Iterator[tuple[int, DirEntry]]:
         handle = self._dirs.get(fh)
@@ -360,7 +453,10 @@ class Filesystem:
                 await self._truncate(inode, 0, rdwr=access == os.O_RDWR)
         prefetcher = None
         if inode.etag is not None and not inode.local:
-            prefetcher = Prefetcher(self.client, inode.key, inode.size, inode.etag, self.budget,
+            source: RangeSource = self.client
+            if self.blocks is not None and not direct:  # O_DIRECT bypasses every cache, this one too
+                source = CachedSource(self.client, self.blocks, inode.key, inode.etag, inode.size)
+            prefetcher = Prefetcher(source, inode.key, inode.size, inode.etag, self.budget,
                                     part_size=self.options.part_size)
             if self._nursery is None:
                 raise FsError(errno.EIO, "filesystem not attached to a nursery")
@@ -564,6 +660,9 @@ class Filesystem:
         result = await writer.commit(self.staging)
         inode.etag, inode.size = result.etag, result.size
         inode.cached_etag = None
+        parent = self.inodes.get(inode.parent)
+        if parent is not None:
+            self._changed(parent, inode.name)
         if inode.local:
             inode.local = False
             self._parents_exist(inode)
@@ -575,6 +674,9 @@ class Filesystem:
         """A committed file makes the local directories above it real."""
         parent = self.inodes.get(inode.parent)
         while parent is not None and parent.local:
+            grandparent = self.inodes.get(parent.parent)
+            if grandparent is not None and grandparent is not parent:
+                self._changed(grandparent, parent.name)  # the directory appears in its parent's listing
             parent.local = False
             parent.expires = self._clock() + self._ttl()
             # mkdir's listing was valid forever (nothing else could be in it): no longer
@@ -653,6 +755,7 @@ class Filesystem:
                 inode.writer = None
             inode.local = True  # no longer in the bucket: later writes on open handles are not uploaded
             inode.etag = None
+        self._changed(parent, name)
         self._forget_name(parent, name)
 
     def _forget_name(self, parent: Inode, name: str) -> None:
@@ -699,6 +802,7 @@ class Filesystem:
                 break
             if marker:  # a zero-byte 'dir/' object (general purpose buckets): the directory itself
                 await self.client.delete(inode.key)
+            self._changed(parent, name)
         self._forget_name(parent, name)
 
     async def rename(self, old_parent_ino: int, old: str, new_parent_ino: int, new: str, flags: int) -> None:
@@ -748,6 +852,10 @@ class Filesystem:
                 await self.client.rename(source.key, key, if_none_match=noreplace)
             except client_errors.PreconditionFailed:
                 raise FsError(errno.EEXIST if noreplace else errno.ESTALE) from None
+            old_parent = self.inodes.get(source.parent)
+            if old_parent is not None:
+                self._changed(old_parent, source.name)
+            self._changed(new_parent, new)
             if target is not None and target.writer is not None:
                 await target.writer.discard()  # replaced while being written: that content is gone
                 target.writer = None
@@ -772,10 +880,14 @@ class Filesystem:
     def listxattr(self, ino: int) -> list[str]:
         inode = self._inode(ino)
         if inode.is_dir:
-            return [XATTR_PREFIX + "key"]
-        return [XATTR_PREFIX + name for name in XATTRS if self._xattr_value(inode, name) is not None]
+            names = ["key", "cache_limit"] if self.cache is not None and ino == ROOT_INODE else ["key"]
+            return [XATTR_PREFIX + name for name in names]
+        names = [name for name in XATTRS if self._xattr_value(inode, name) is not None]
+        if self.blocks is not None and inode.etag is not None and not inode.pinned:
+            names.append("cached")
+        return [XATTR_PREFIX + name for name in names]
 
-    def getxattr(self, ino: int, name: str) -> bytes:
+    async def getxattr(self, ino: int, name: str) -> bytes:
         inode = self._inode(ino)
         if not name.startswith("user."):
             # Other namespaces (security.*, system.posix_acl_*) are not supported at all: saying
@@ -783,6 +895,13 @@ class Filesystem:
             raise FsError(errno.EOPNOTSUPP)
         if not name.startswith(XATTR_PREFIX):
             raise FsError(errno.ENODATA)
+        if name == XATTR_PREFIX + "cached" and self.blocks is not None and self.cache is not None:
+            # How many bytes of this version the data cache holds: `s3xfs warm` skips complete files.
+            if inode.is_dir or inode.etag is None or inode.pinned:
+                raise FsError(errno.ENODATA)
+            return str(await self.cache.run(self.blocks.cached_bytes, inode.key, inode.etag, inode.size)).encode()
+        if name == XATTR_PREFIX + "cache_limit" and self.cache is not None and ino == ROOT_INODE:
+            return str(self.cache.size_limit).encode()
         value = self._xattr_value(inode, name[len(XATTR_PREFIX):])
         if value is None:
             raise FsError(errno.ENODATA)
@@ -805,3 +924,5 @@ class Filesystem:
             if handle.writable and inode.writer is not None:
                 async with self._lock(inode):
                     await self._finish_writing(inode)
+        if self.cache is not None:
+            await self.cache.flush()  # what was fetched or listed is on disk for the next mount

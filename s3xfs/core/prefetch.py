@@ -89,14 +89,21 @@ from typing import Protocol
 import trio
 
 from ..client.errors import ClientError, PreconditionFailed
-from ..client.protocol import ObjectClient
 
-__all__ = ["MemoryBudget", "Prefetcher", "Reclaimable"]
+__all__ = ["MemoryBudget", "Prefetcher", "RangeSource", "Reclaimable"]
 
 log = logging.getLogger(__name__)
 
 STAT_KEYS = ("parts_fetched", "bytes_fetched", "hits", "misses", "sequential_reads", "random_reads", "in_block_reads",
              "readahead_skipped", "reclaimed_bytes")
+
+
+class RangeSource(Protocol):
+    """Where a prefetcher's bytes come from: the client, or the disk cache in front of it."""
+
+    async def get_range(self, key: str, start: int, length: int, *,
+                        if_match: str | None = None) -> bytes | bytearray:
+        """Bytes [start, start+length) of the version ``if_match`` of ``key``."""
 
 
 class Reclaimable(Protocol):
@@ -288,7 +295,7 @@ class Prefetcher:
     :meth:`close` when the handle is released.
     """
 
-    def __init__(self, client: ObjectClient, key: str, size: int, etag: str, budget: MemoryBudget, *,
+    def __init__(self, client: RangeSource, key: str, size: int, etag: str, budget: MemoryBudget, *,
                  part_size: int = 8 << 20, block_size: int = 1 << 20, initial_window: int = 1 << 20,
                  max_window: int = 64 << 20, max_parallel: int = 8, max_blocks: int = 8) -> None:
         if size < 0:

@@ -178,10 +178,10 @@ def test_xattrs_and_prefix():
     async def check(fs, client):
         assert await names(fs, ROOT_INODE) == {"f"}
         ino = await resolve(fs, "f")
-        assert fs.getxattr(ino, "user.s3xfs.key") == b"p/f"
-        assert fs.getxattr(ino, "user.s3xfs.etag") == client.objects["p/f"].etag.encode()
+        assert await fs.getxattr(ino, "user.s3xfs.key") == b"p/f"
+        assert await fs.getxattr(ino, "user.s3xfs.etag") == client.objects["p/f"].etag.encode()
         with pytest.raises(FsError):
-            fs.getxattr(ino, "user.other")
+            await fs.getxattr(ino, "user.other")
     run(check, keys={"p/f": b"1", "q/g": b"2"}, prefix="p/")
 
 

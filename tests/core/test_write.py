@@ -791,7 +791,7 @@ def test_rename_file_is_one_rename_object(run):
         assert await lookup(fs, "b") == ino
         assert (await fs.lookup(ROOT_INODE, "a")).ino == 0
         assert await names(fs) == {"b"}
-        assert fs.getxattr(ino, "user.s3xfs.key") == b"b"
+        assert await fs.getxattr(ino, "user.s3xfs.key") == b"b"
     run(check, keys={"a": b"A"})
 
 
@@ -840,7 +840,7 @@ def test_rename_of_a_file_being_written_commits_it_first(run):
         await fs.write(fh, 5, b" second")  # still the same open file, now named final
         await close(fs, fh)
         assert client.snapshot() == {"final": b"first second"}
-        assert fs.getxattr(ino, "user.s3xfs.key") == b"final"
+        assert await fs.getxattr(ino, "user.s3xfs.key") == b"final"
     run(check)
 
 

@@ -1,0 +1,164 @@
+"""The data cache: fixed-size blocks of object versions, each stored with its CRC32C.
+
+A block is keyed by (key, ETag, object size, block size, index), so a block is only ever served
+for the exact version a handle pinned at open; a changed object has a new ETag and simply misses.
+Every block is stored as ``CRC-32 (4 bytes, big-endian) + data`` and verified on every read: a
+block that fails (a bit flip, a truncated file, a length that does not fit its place in the
+object) is deleted and fetched again, never served.
+
+:class:`CachedSource` is what a :class:`~s3xfs.core.prefetch.Prefetcher` reads from when the mount
+has a cache: the blocks of a range that are cached come from disk, the missing runs come from one
+ranged GET each, and what was fetched is queued for the cache's writer
+(:meth:`~s3xfs.core.cache.store.CacheStore.write`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+
+import zlib
+
+import trio
+
+from ...client.errors import ClientError
+from ...client.protocol import ObjectClient
+from .store import CacheStore
+
+log = logging.getLogger(__name__)
+
+HEADER = 4  # bytes of CRC-32 in front of each block (zlib's: no copy of the block, releases the GIL)
+
+
+def _crc(data: bytes | bytearray | memoryview) -> bytes:
+    return zlib.crc32(data).to_bytes(4, "big")
+
+
+class BlockCache:
+    """Blocks of one namespace in a :class:`CacheStore`. The methods without ``async`` block:
+    call them through ``store.run`` (worker threads)."""
+
+    def __init__(self, store: CacheStore, block_size: int) -> None:
+        if block_size <= 0:
+            raise ValueError("the block size must be positive")
+        self.store = store
+        self.block_size = block_size
+        self.stats: Counter[str] = Counter()
+
+    def _key(self, key: str, etag: str, size: int, index: int) -> str:
+        return self.store.key("block", etag, size, self.block_size, index, key)
+
+    def block_length(self, size: int, index: int) -> int:
+        return max(0, min(self.block_size, size - index * self.block_size))
+
+    def load(self, key: str, etag: str, size: int, indexes: range) -> list[memoryview | None]:
+        """The verified data of each block, or None where it is missing or was corrupt (then deleted)."""
+        found: list[memoryview | None] = []
+        for index in indexes:
+            name = self._key(key, etag, size, index)
+            raw = self.store.guard(self.store.cache.get, name)
+            if raw is None:
+                self.stats["block_misses"] += 1
+                found.append(None)
+                continue
+            data = memoryview(raw)[HEADER:]
+            if len(data) != self.block_length(size, index) or _crc(data) != bytes(raw[:HEADER]):
+                self.stats["blocks_corrupt"] += 1
+                log.warning("cached block %d of %s (ETag %s) failed its checksum: dropped, fetching it again",
+                            index, key, etag)
+                self.store.guard(self.store.cache.delete, name)
+                found.append(None)
+                continue
+            self.stats["block_hits"] += 1
+            found.append(data)
+        return found
+
+    def save(self, key: str, etag: str, size: int, first: int, data: bytes | bytearray | memoryview) -> None:
+        """Store consecutive blocks starting at block ``first``; ``data`` covers them exactly."""
+        view = memoryview(data)
+        offset, index = 0, first
+        while offset < len(view):
+            length = self.block_length(size, index)
+            block = view[offset:offset + length]
+            if len(block) != length:
+                break  # a short tail (never happens for a complete GET): not a whole block
+            stored = self.store.guard(self.store.cache.set, self._key(key, etag, size, index),
+                                      _crc(block) + block, tag=self.store.tag)
+            if stored:
+                self.stats["blocks_stored"] += 1
+            offset += length
+            index += 1
+
+    def cached_bytes(self, key: str, etag: str, size: int) -> int:
+        """How much of this object version the cache holds (for ``s3xfs warm``): no reads of data."""
+        total = 0
+        count = (size + self.block_size - 1) // self.block_size
+        for index in range(count):
+            if self.store.guard(self.store.cache.__contains__, self._key(key, etag, size, index)):
+                total += self.block_length(size, index)
+        return total
+
+
+class CachedSource:
+    """A range source for one object version: cached blocks first, ranged GETs for the rest."""
+
+    def __init__(self, client: ObjectClient, blocks: BlockCache, key: str, etag: str, size: int) -> None:
+        self.client = client
+        self.blocks = blocks
+        self.key = key
+        self.etag = etag
+        self.size = size
+
+    async def get_range(self, key: str, start: int, length: int, *, if_match: str | None = None) -> bytes | bytearray:
+        """Like ObjectClient.get_range for this version (``key`` may change: a rename keeps the ETag)."""
+        if if_match != self.etag:
+            raise ValueError("a CachedSource serves only the object version it was made for")
+        self.key = key
+        end = min(start + length, self.size)
+        if end <= start:
+            return b""
+        bs = self.blocks.block_size
+        first, last = start // bs, (end - 1) // bs
+        store = self.blocks.store
+        cached = await store.run(self.blocks.load, self.key, self.etag, self.size, range(first, last + 1))
+        pieces: list[bytes | bytearray | memoryview | None] = list(cached)
+        runs = _missing_runs(cached, first)
+        if runs:
+            async with trio.open_nursery() as nursery:
+                for run_first, run_last in runs:
+                    nursery.start_soon(self._fetch_run, run_first, run_last, pieces, first)
+        data = pieces[0] if len(pieces) == 1 else b"".join(piece for piece in pieces if piece is not None)
+        assert data is not None
+        base = first * bs
+        if start == base and end - start == len(data):
+            return data  # type: ignore[return-value]  # a memoryview serves reads like bytes, uncopied
+        return memoryview(data)[start - base:end - base]  # type: ignore[return-value]
+
+    async def _fetch_run(self, run_first: int, run_last: int, pieces: list, first: int) -> None:
+        """One GET for the missing blocks ``run_first..run_last``; split into ``pieces``; stored later."""
+        bs = self.blocks.block_size
+        begin = run_first * bs
+        stop = min((run_last + 1) * bs, self.size)
+        data = await self.client.get_range(self.key, begin, stop - begin, if_match=self.etag)
+        if len(data) != stop - begin:
+            raise ClientError(f"GetObject {self.key} [{begin}, {stop}): {len(data)} bytes instead of {stop - begin}: "
+                              "the object is shorter than it was at open", key=self.key)
+        view = memoryview(data)
+        for index in range(run_first, run_last + 1):
+            pieces[index - first] = view[(index - run_first) * bs:(index - run_first + 1) * bs]
+        await self.blocks.store.write(self.blocks.save, self.key, self.etag, self.size, run_first, data,
+                                      size=len(data))
+
+
+def _missing_runs(cached: list[memoryview | None], first: int) -> list[tuple[int, int]]:
+    """Consecutive missing block indexes, as (first, last) pairs."""
+    runs: list[tuple[int, int]] = []
+    for offset, piece in enumerate(cached):
+        index = first + offset
+        if piece is not None:
+            continue
+        if runs and runs[-1][1] == index - 1:
+            runs[-1] = (runs[-1][0], index)
+        else:
+            runs.append((index, index))
+    return runs

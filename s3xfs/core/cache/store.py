@@ -1,0 +1,269 @@
+"""The cache directory: one diskcache shared by every mount that names it.
+
+diskcache (SQLite plus one file per large value) is process-safe, so two mounts, ``s3xfs warm`` and
+``s3xfs cache clear`` may use one directory at once. Every entry is tagged with its *namespace*,
+a hash of endpoint + bucket + prefix, so mounts of different buckets never see each other's
+entries and one namespace can be cleared alone. Nothing secret is ever written here: keys are
+object keys, ETags and sizes; values are object bytes and object metadata.
+
+diskcache calls block (SQLite, file I/O): the mount makes them in worker threads, never on the
+trio thread. Reads go through :meth:`CacheStore.run` (a few threads at once). Writes go through
+:meth:`CacheStore.write`: one queue, applied in order by one writer task, so a later "forget this
+listing" can never be overtaken by an earlier "store this listing"; the queue holds at most
+``WRITE_BACKLOG`` bytes of block data (then readers that fill it wait: the cache fills at the
+pace of the disk), and :meth:`CacheStore.flush` empties it at unmount. A cache that fails (disk full, a locked
+database, a deleted file) is a miss, never a failed file operation: :meth:`CacheStore.guard` logs
+it once per kind and reports nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import stat
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import diskcache
+import trio
+
+from ..prefetch import MemoryBudget
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+DEFAULT_SHARE = 0.10  # of the free space under the cache directory: leaves the disk to its owner
+MIN_DEFAULT_SIZE = 256 << 20  # a nearly full disk still gets a cache worth having
+MIN_SIZE = 16 << 20  # below this, one training batch evicts the last
+DISK_THREADS = 4  # SQLite serialises writers anyway; 4 lets block file reads overlap
+SQLITE_TIMEOUT = 5.0  # seconds a call waits for another process's lock before it is a miss
+CULL_LIMIT = 16  # entries evicted per store: enough to keep up with 1 MiB blocks arriving
+REGISTRY = "namespaces"  # key of the JSON map namespace -> {endpoint, bucket, prefix}
+WRITE_BACKLOG = 64 << 20  # fetched bytes waiting to be written to the cache: bounds the memory it takes
+DB_NAME = "cache.db"  # diskcache's database: its presence marks a directory as a cache
+
+
+class CacheDirError(Exception):
+    """The cache directory cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Namespace:
+    """Where cached entries come from; its id keeps them apart from every other bucket's."""
+
+    endpoint: str
+    bucket: str
+    prefix: str
+
+    @property
+    def id(self) -> str:
+        text = f"{self.endpoint}\n{self.bucket}\n{self.prefix}"
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def describe(self) -> str:
+        return f"{self.bucket}/{self.prefix} at {self.endpoint}"
+
+
+def default_size(directory: Path) -> int:
+    """The documented default cap: a share of the free space where the cache lives."""
+    free = shutil.disk_usage(_existing_ancestor(directory)).free
+    return max(MIN_DEFAULT_SIZE, int(free * DEFAULT_SHARE))
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def prepare_directory(directory: Path) -> Path:
+    """Create the cache directory (0700), or check that an existing one is ours and a cache.
+
+    A directory that holds other files is refused rather than filled with cache entries, and
+    one owned by another user is refused rather than trusted.
+    """
+    directory = directory.absolute()
+    try:
+        directory.mkdir(mode=0o700, parents=True)
+        return directory
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise CacheDirError(f"cannot create cache directory {directory}: {exc.strerror}") from None
+    info = directory.stat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise CacheDirError(f"cache directory {directory} is not a directory")
+    if info.st_uid != os.geteuid():
+        raise CacheDirError(f"cache directory {directory} belongs to uid {info.st_uid}: use a directory of your own")
+    if not (directory / DB_NAME).exists() and any(directory.iterdir()):
+        raise CacheDirError(f"{directory} is not empty and is not an s3xfs cache: name an empty or new directory")
+    if info.st_mode & 0o077:
+        directory.chmod(0o700)  # ours and meant for the cache: nobody else may read cached objects
+    return directory
+
+
+class CacheStore:
+    """One open cache directory, as seen by one namespace."""
+
+    def __init__(self, directory: Path, namespace: Namespace, *, size_limit: int | None = None) -> None:
+        self.directory = prepare_directory(directory)
+        self.namespace = namespace
+        self.tag = namespace.id
+        self.size_limit = size_limit if size_limit is not None else default_size(self.directory)
+        self.cache = open_cache(self.directory, self.size_limit)
+        self.limiter = trio.CapacityLimiter(DISK_THREADS)
+        self._failures_logged: set[str] = set()
+        self.errors = 0
+        self.backlog = MemoryBudget(WRITE_BACKLOG)
+        self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...], int]] = deque()
+        self._queued = trio.Event()
+        self._flushing = trio.Lock()
+        self.guard(self._register)
+
+    def key(self, kind: str, *parts: object) -> str:
+        """A cache key of this namespace: kinds never collide, parts are joined unambiguously."""
+        return "\0".join((self.tag, kind, *map(str, parts)))
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run a blocking cache call in a worker thread."""
+        return await trio.to_thread.run_sync(fn, *args, limiter=self.limiter)
+
+    async def write(self, fn: Callable[..., Any], *args: Any, size: int) -> None:
+        """Queue a blocking cache write of ``size`` bytes of data; waits while they do not fit the backlog."""
+        await self.backlog.acquire(size)
+        self._queue.append((fn, args, size))
+        self._queued.set()
+
+    def queue(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queue a small blocking cache write (metadata): never waits."""
+        self._queue.append((fn, args, 0))
+        self._queued.set()
+
+    async def writer(self) -> None:
+        """The task that applies queued writes, in order (runs in the filesystem's nursery)."""
+        while True:
+            await self._queued.wait()
+            self._queued = trio.Event()
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Apply every queued write now (at unmount: nothing fetched is lost to the cache)."""
+        async with self._flushing:
+            while self._queue:
+                batch = list(self._queue)
+                self._queue.clear()
+                try:
+                    # Not abandoned on cancellation: a batch taken off the queue is always applied.
+                    await trio.to_thread.run_sync(self._apply, batch)
+                finally:
+                    for _, _, size in batch:
+                        if size:
+                            self.backlog.release(size)
+
+    def _apply(self, batch: list[tuple[Callable[..., Any], tuple[Any, ...], int]]) -> None:
+        for fn, args, _ in batch:
+            self.guard(fn, *args)
+
+    def guard(self, fn: Callable[..., T], *args: Any, default: T | None = None, **kwargs: Any) -> T | None:
+        """``fn(*args, **kwargs)``, or ``default`` if the cache failed: a cache problem is a miss,
+        never a failed file operation (logged once per kind of failure)."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            self.errors += 1
+            kind = type(exc).__name__
+            if kind not in self._failures_logged:
+                self._failures_logged.add(kind)
+                expected = isinstance(exc, (OSError, diskcache.Timeout, sqlite3.Error))
+                log.warning("cache %s: %s: %s (treated as a miss; logged once)", self.directory, kind, exc,
+                            exc_info=not expected)
+            return default
+
+    def _register(self) -> None:
+        with self.cache.transact():
+            known = _load_registry(self.cache)
+            known[self.tag] = {"endpoint": self.namespace.endpoint, "bucket": self.namespace.bucket,
+                               "prefix": self.namespace.prefix, "last_mount": time.time()}
+            self.cache.set(REGISTRY, json.dumps(known).encode())
+
+    def close(self) -> None:
+        self.cache.close()
+
+
+def open_cache(directory: Path, size_limit: int) -> diskcache.Cache:
+    """The diskcache of a cache directory; every opener passes the same settings."""
+    return diskcache.Cache(
+        str(directory),
+        size_limit=max(MIN_SIZE, size_limit),
+        eviction_policy="least-recently-used",
+        tag_index=True,  # clearing one namespace is an indexed DELETE
+        cull_limit=CULL_LIMIT,
+        timeout=SQLITE_TIMEOUT,
+        statistics=False,
+    )
+
+
+def _load_registry(cache: diskcache.Cache) -> dict[str, dict[str, Any]]:
+    raw = cache.get(REGISTRY)
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        value = {}
+    return value if isinstance(value, dict) else {}
+
+
+# --- maintenance: ``s3xfs cache clear`` and ``s3xfs cache info`` -------------------------------------
+
+
+def namespaces(directory: Path) -> dict[str, dict[str, Any]]:
+    """What the cache directory holds entries of: namespace id -> {endpoint, bucket, prefix, ...}."""
+    cache = _open_existing(directory)
+    try:
+        return _load_registry(cache)
+    finally:
+        cache.close()
+
+
+def clear(directory: Path, ids: list[str] | None = None) -> int:
+    """Drop the entries of the given namespaces (all of them when ``ids`` is None); entries removed."""
+    cache = _open_existing(directory)
+    try:
+        if ids is None:
+            return cache.clear(retry=True)
+        removed = 0
+        for namespace_id in ids:
+            removed += cache.evict(namespace_id, retry=True)
+        with cache.transact(retry=True):
+            known = _load_registry(cache)
+            for namespace_id in ids:
+                known.pop(namespace_id, None)
+            cache.set(REGISTRY, json.dumps(known).encode(), retry=True)
+        return removed
+    finally:
+        cache.close()
+
+
+def volume(directory: Path) -> int:
+    """Bytes the cache directory holds, as diskcache counts them against the cap."""
+    cache = _open_existing(directory)
+    try:
+        return cache.volume()
+    finally:
+        cache.close()
+
+
+def _open_existing(directory: Path) -> diskcache.Cache:
+    if not (directory / DB_NAME).exists():
+        raise CacheDirError(f"{directory} is not an s3xfs cache directory (no {DB_NAME})")
+    # The size limit is kept in the database (diskcache settings): open without changing it.
+    return diskcache.Cache(str(directory), timeout=SQLITE_TIMEOUT, tag_index=True,
+                           eviction_policy="least-recently-used")
