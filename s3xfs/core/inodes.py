@@ -61,6 +61,7 @@ class InodeTable:
         root.lookups = 1  # the kernel never forgets the root
         self._inodes: dict[int, Inode] = {ROOT_INODE: root}
         self._names: dict[tuple[int, str], int] = {}
+        self._kids: dict[int, dict[str, int]] = {}  # the same names by parent: listings walk one directory
         self._negative: dict[tuple[int, str], float] = {}
         self._next = ROOT_INODE + 1
 
@@ -75,7 +76,20 @@ class InodeTable:
         return self._inodes.get(ino) if ino is not None else None
 
     def children(self, parent: int) -> list[Inode]:
-        return [self._inodes[ino] for (p, _), ino in self._names.items() if p == parent and ino in self._inodes]
+        return [self._inodes[ino] for ino in self._kids.get(parent, {}).values() if ino in self._inodes]
+
+    def _name(self, parent: int, name: str, ino: int) -> None:
+        self._names[(parent, name)] = ino
+        self._kids.setdefault(parent, {})[name] = ino
+
+    def _unname(self, parent: int, name: str) -> int | None:
+        ino = self._names.pop((parent, name), None)
+        kids = self._kids.get(parent)
+        if kids is not None:
+            kids.pop(name, None)
+            if not kids:
+                del self._kids[parent]
+        return ino
 
     def upsert(self, parent: Inode, name: str, *, is_dir: bool, key: str, ttl: float, size: int = 0,
                etag: str | None = None, mtime: float = 0.0, storage_class: str | None = None,
@@ -88,7 +102,7 @@ class InodeTable:
             inode = Inode(self._next, parent.ino, name, is_dir, key)
             self._next += 1
             self._inodes[inode.ino] = inode
-            self._names[(parent.ino, name)] = inode.ino
+            self._name(parent.ino, name, inode.ino)
             if replaced is not None:
                 self._maybe_drop(replaced.ino)
         if inode.pinned:
@@ -106,21 +120,21 @@ class InodeTable:
         inode = Inode(self._next, parent.ino, name, is_dir, key, mtime=mtime, expires=math.inf, local=True)
         self._next += 1
         self._inodes[inode.ino] = inode
-        self._names[(parent.ino, name)] = inode.ino
+        self._name(parent.ino, name, inode.ino)
         return inode
 
     def move(self, inode: Inode, parent: Inode, name: str, key: str) -> None:
         """``inode`` now lives at parent/name (a rename); whatever had that name loses it."""
         self.remove_name(parent.ino, name)
         if self._names.get((inode.parent, inode.name)) == inode.ino:
-            del self._names[(inode.parent, inode.name)]
+            self._unname(inode.parent, inode.name)
         self._negative.pop((parent.ino, name), None)
         inode.parent, inode.name, inode.key = parent.ino, name, key
-        self._names[(parent.ino, name)] = inode.ino
+        self._name(parent.ino, name, inode.ino)
 
     def remove_name(self, parent: int, name: str) -> None:
         """The name is gone from the bucket; its inode lives on while the kernel or a handle holds it."""
-        ino = self._names.pop((parent, name), None)
+        ino = self._unname(parent, name)
         if ino is not None:
             self._maybe_drop(ino)
 
