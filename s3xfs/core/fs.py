@@ -132,7 +132,11 @@ class Filesystem:
 
     def attributes(self, inode: Inode) -> Attributes:
         o = self.options
-        ttl = self._kernel_ttl(o.metadata_ttl)
+        ttl = o.metadata_ttl
+        if self.metadata is not None and not math.isinf(inode.expires):
+            # Restored from the disk cache with part of its TTL used: the kernel keeps it no longer.
+            ttl = min(ttl, max(0.0, inode.expires - self._clock())) or ttl
+        ttl = self._kernel_ttl(ttl)
         uid = o.uid if inode.uid is None else inode.uid
         gid = o.gid if inode.gid is None else inode.gid
         if inode.is_dir:
