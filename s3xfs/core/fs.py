@@ -27,6 +27,7 @@ from ..client import errors as client_errors
 from ..client.protocol import ObjectClient, ObjectInfo
 from .cache import BlockCache, CachedSource, CacheStore, Entry, Listing, MetadataCache
 from .errors import FsError
+from .gather import gather
 from .handles import FileHandle, HandleTable
 from .inodes import ROOT_INODE, Inode, InodeTable
 from .names import name_problem
@@ -271,9 +272,7 @@ class Filesystem:
                     found["dir"] = True
                 break
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(head)
-            nursery.start_soon(listing)
+        await gather(head, listing)  # a refused HEAD is EACCES, not an ExceptionGroup's EIO
         if found.get("dir"):
             inode = self.inodes.upsert(parent, name, is_dir=True, key=key + "/", ttl=self._ttl(), mtime=parent.mtime)
             if "file" in found:

@@ -8,17 +8,19 @@ from typing import Any
 import trio
 
 from s3xfs.client.memory import MemoryClient
+from s3xfs.core.cache import CacheStore
 from s3xfs.core.fs import Filesystem, FsOptions
 
 
 def run_filesystem(fs_test: Callable[[Filesystem, MemoryClient], Awaitable[Any]], client: MemoryClient, *,
                    keys: dict[str, bytes] | None = None, clock: Callable[[], float] | None = None,
-                   **options: Any) -> Any:
+                   cache: CacheStore | None = None, **options: Any) -> Any:
     """Store ``keys``, then run ``fs_test(fs, client)`` inside trio with the filesystem attached to
-    a nursery; the filesystem is closed (as at unmount) whatever happens."""
+    a nursery (and to the disk ``cache``, if given); the filesystem is closed (as at unmount)
+    whatever happens."""
     for key, data in (keys or {}).items():
         client.put_object_sync(key, data)
-    fs = Filesystem(client, FsOptions(**options), **({"clock": clock} if clock else {}))
+    fs = Filesystem(client, FsOptions(**options), **({"clock": clock} if clock else {}), cache=cache)
 
     async def main() -> Any:
         async with trio.open_nursery() as nursery:

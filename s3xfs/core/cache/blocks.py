@@ -1,4 +1,4 @@
-"""The data cache: fixed-size blocks of object versions, each stored with its CRC32C.
+"""The data cache: fixed-size blocks of object versions, each stored with its CRC-32.
 
 A block is keyed by (key, ETag, object size, block size, index), so a block is only ever served
 for the exact version a handle pinned at open; a changed object has a new ETag and simply misses.
@@ -18,11 +18,12 @@ import logging
 from collections import Counter
 
 import zlib
+from functools import partial
 
-import trio
 
 from ...client.errors import ClientError
 from ...client.protocol import ObjectClient
+from ..gather import gather
 from .store import CacheStore
 
 log = logging.getLogger(__name__)
@@ -56,13 +57,13 @@ class BlockCache:
         found: list[memoryview | None] = []
         for index in indexes:
             name = self._key(key, etag, size, index)
-            raw = self.store.guard(self.store.cache.get, name)
+            raw = self.store.guard(self._read, name)
             if raw is None:
                 self.stats["block_misses"] += 1
                 found.append(None)
                 continue
-            data = memoryview(raw)[HEADER:]
-            if len(data) != self.block_length(size, index) or _crc(data) != bytes(raw[:HEADER]):
+            data = memoryview(raw)[HEADER:] if isinstance(raw, bytes) else None  # not ours: corrupt
+            if data is None or len(data) != self.block_length(size, index) or _crc(data) != bytes(raw[:HEADER]):
                 self.stats["blocks_corrupt"] += 1
                 log.warning("cached block %d of %s (ETag %s) failed its checksum: dropped, fetching it again",
                             index, key, etag)
@@ -72,6 +73,15 @@ class BlockCache:
             self.stats["block_hits"] += 1
             found.append(data)
         return found
+
+    def _read(self, name: str) -> object:
+        """A stored value; a block file is read after diskcache let go of its lock (read=True), so
+        concurrent readers and other mounts do not queue behind one another's file reads."""
+        value = self.store.cache.get(name, read=True)
+        if hasattr(value, "read"):
+            with value:
+                return value.read()
+        return value
 
     def save(self, key: str, etag: str, size: int, first: int, data: bytes | bytearray | memoryview) -> None:
         """Store consecutive blocks starting at block ``first``; ``data`` covers them exactly."""
@@ -123,16 +133,20 @@ class CachedSource:
         cached = await store.run(self.blocks.load, self.key, self.etag, self.size, range(first, last + 1))
         pieces: list[bytes | bytearray | memoryview | None] = list(cached)
         runs = _missing_runs(cached, first)
-        if runs:
-            async with trio.open_nursery() as nursery:
-                for run_first, run_last in runs:
-                    nursery.start_soon(self._fetch_run, run_first, run_last, pieces, first)
+        if len(runs) == 1:
+            await self._fetch_run(*runs[0], pieces, first)
+        elif runs:
+            await self._fetch_runs(runs, pieces, first)
         data = pieces[0] if len(pieces) == 1 else b"".join(piece for piece in pieces if piece is not None)
         assert data is not None
         base = first * bs
         if start == base and end - start == len(data):
             return data  # type: ignore[return-value]  # a memoryview serves reads like bytes, uncopied
         return memoryview(data)[start - base:end - base]  # type: ignore[return-value]
+
+    async def _fetch_runs(self, runs: list[tuple[int, int]], pieces: list, first: int) -> None:
+        """The GETs of several runs at once; the first failure is raised as is (see core/gather.py)."""
+        await gather(*(partial(self._fetch_run, run_first, run_last, pieces, first) for run_first, run_last in runs))
 
     async def _fetch_run(self, run_first: int, run_last: int, pieces: list, first: int) -> None:
         """One GET for the missing blocks ``run_first..run_last``; split into ``pieces``; stored later."""

@@ -70,9 +70,10 @@ class MetadataCache:
             return None
         try:
             value = json.loads(raw)
-        except ValueError:
+        except (ValueError, TypeError):  # not JSON, or not even text (another program's value)
             value = None
-        if not isinstance(value, dict) or value.get("v") != FORMAT or not isinstance(value.get("t"), (int, float)):
+        if (not isinstance(value, dict) or value.get("v") != FORMAT or not isinstance(value.get("t"), (int, float))
+                or not math.isfinite(value["t"])):  # NaN would never expire
             self.store.guard(self.store.cache.delete, name)
             return None
         return value

@@ -162,8 +162,11 @@ class CacheStore:
                 batch = list(self._queue)
                 self._queue.clear()
                 try:
-                    # Not abandoned on cancellation: a batch taken off the queue is always applied.
-                    await trio.to_thread.run_sync(self._apply, batch)
+                    # A batch taken off the queue is always applied, also when the writer task is
+                    # cancelled (unmount): run_sync would raise a pending Cancelled before starting
+                    # the thread, and a lost "forget" would leave a stale listing for the next mount.
+                    with trio.CancelScope(shield=True):
+                        await trio.to_thread.run_sync(self._apply, batch)
                 finally:
                     for _, _, size in batch:
                         if size:
