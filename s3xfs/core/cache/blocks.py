@@ -15,11 +15,9 @@ ranged GET each, and what was fetched is queued for the cache's writer
 from __future__ import annotations
 
 import logging
-from collections import Counter
-
 import zlib
+from collections import Counter
 from functools import partial
-
 
 from ...client.errors import ClientError
 from ...client.protocol import ObjectClient
