@@ -1,4 +1,4 @@
-"""``s3xfs``: mount, unmount, cache, version. Parses and checks everything before the daemon starts, so
+"""``s3xfs``: mount, unmount, cache, warm, version. Parses and checks everything before the daemon starts, so
 that mistakes get a one-line reason and a non-zero exit instead of a traceback."""
 
 from __future__ import annotations
@@ -139,6 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
     clear.add_argument("directory", metavar="DIR")
     clear.add_argument("sources", nargs="*", metavar="BUCKET[/PREFIX/]", help="whose entries to drop")
     clear.add_argument("--all", action="store_true", help="drop every entry of every bucket")
+    from .warm import add_arguments as warm_arguments
+
+    warm = sub.add_parser("warm", help="fill a mount's --cache by reading files through it",
+                          description="Read files and directories (recursively) through their s3xfs mount, so "
+                                      "its --cache holds them; files it holds already are skipped.")
+    warm_arguments(warm)
     return parser
 
 
@@ -260,6 +266,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "cache":
             return cache_command(args)
+        if args.command == "warm":
+            from .warm import warm_command
+
+            return warm_command(args)
         config = mount_config(args)
     except UsageError as exc:
         print(f"s3xfs: {exc}", file=sys.stderr)

@@ -902,6 +902,8 @@ class Filesystem:
             # How many bytes of this version the data cache holds: `s3xfs warm` skips complete files.
             if inode.is_dir or inode.etag is None or inode.pinned:
                 raise FsError(errno.ENODATA)
+            if inode.expires <= self._clock():
+                await self.getattr(ino)  # answer for the version an open would read now
             return str(await self.cache.run(self.blocks.cached_bytes, inode.key, inode.etag, inode.size)).encode()
         if name == XATTR_PREFIX + "cache_limit" and self.cache is not None and ino == ROOT_INODE:
             return str(self.cache.size_limit).encode()
