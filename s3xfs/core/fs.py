@@ -44,6 +44,11 @@ BLOCK_SIZE = 512  # st_blocks unit
 RENAME_NOREPLACE = 1  # renameat2(2) flags, as FUSE passes them
 RENAME_EXCHANGE = 2
 DISK_RECHECK = 1.0  # seconds before the disk cache is asked again for a listing it did not have
+# A directory that needs a second remote lookup is listed instead (one LIST answers every later
+# lookup in it: a dataset loader opening files by name pays 1 request per directory, not 2 per
+# file), unless its listing is longer than this many pages (1,000 names each): then HEAD+LIST per name.
+LIST_FOR_LOOKUPS_AFTER = 1
+LIST_FOR_LOOKUPS_PAGES = 10
 
 
 @dataclass(frozen=True)
@@ -180,7 +185,7 @@ class Filesystem:
         """The inode named parent/name, from the cache within its TTL or from the bucket; None if none."""
         if name_problem(name) is not None:
             return None
-        restored = False
+        restored = listed = False
         while True:
             now = self._clock()
             child = self.inodes.child(parent.ino, name)
@@ -190,9 +195,38 @@ class Filesystem:
             if child is None and (self.inodes.is_negative(parent.ino, name) or parent.listing_expires > now):
                 self.counters["lookups_negative_cached"] += 1
                 return None
-            if restored or not await self._restore(parent, name):
-                return await self._resolve(parent, name)
-            restored = True
+            if not restored:
+                restored = True
+                if await self._restore(parent, name):
+                    continue
+            if not listed and self._worth_listing(parent):
+                listed = True
+                if await self._list_for_lookups(parent):
+                    continue
+            return await self._resolve(parent, name)
+
+    def _worth_listing(self, directory: Inode) -> bool:
+        return (not directory.local and not directory.too_long and directory.remote_lookups >= LIST_FOR_LOOKUPS_AFTER
+                and self.options.metadata_ttl > 0)
+
+    async def _list_for_lookups(self, directory: Inode) -> bool:
+        """List the directory to answer lookups in it (concurrent lookups share one listing).
+        False if it is too long to list for that (it is then never listed for lookups again)."""
+        if directory.listing_done is not None:
+            await directory.listing_done.wait()
+            return True
+        directory.listing_done = done = trio.Event()
+        try:
+            started = time.time()
+            result = await self._list_remote(directory, max_pages=LIST_FOR_LOOKUPS_PAGES)
+            if result is None:
+                directory.too_long = True
+                return False
+            self._listed(directory, *result, started)
+            return True
+        finally:
+            directory.listing_done = None
+            done.set()
 
     async def _restore(self, parent: Inode, name: str) -> bool:
         """Learn parent/name from the disk cache: the parent's listing, else the name's own entry.
@@ -256,6 +290,7 @@ class Filesystem:
     async def _resolve(self, parent: Inode, name: str) -> Inode | None:
         """Ask the bucket: a HEAD of the key and a listing under key/ at once; a directory wins."""
         self.counters["lookups_remote"] += 1
+        parent.remote_lookups += 1
         key = parent.key + name
         found: dict[str, object] = {}
         started = time.time()
@@ -351,19 +386,31 @@ class Filesystem:
         """List the directory in the bucket (and keep the listing on disk when there is a cache)."""
         directory = handle.inode
         started = time.time()
-        dirs, files = await self._list_remote(directory)
-        handle.entries = self._apply_listing(directory, dirs, files, self.options.metadata_ttl)
+        result = await self._list_remote(directory)
+        assert result is not None
+        handle.entries = self._listed(directory, *result, started)
+
+    def _listed(self, directory: Inode, dirs: set[str], files: dict[str, ObjectInfo], started: float) -> list[DirEntry]:
+        """A complete listing fetched now: the directory's truth for the TTL, also on disk with a cache."""
+        entries = self._apply_listing(directory, dirs, files, self.options.metadata_ttl)
         if self.metadata is not None and self.cache is not None and directory.changed_at < started:
             listing = Listing(started, sorted(dirs), list(files.values()))
             self.cache.queue(self.metadata.save_listing, directory.key, listing)
+        return entries
 
-    async def _list_remote(self, directory: Inode) -> tuple[set[str], dict[str, ObjectInfo]]:
-        """Child directory names and files of a directory, with invalid names hidden (and logged once)."""
+    async def _list_remote(self, directory: Inode, *,
+                           max_pages: int | None = None) -> tuple[set[str], dict[str, ObjectInfo]] | None:
+        """Child directory names and files of a directory, with invalid names hidden (and logged
+        once); None if the listing is longer than ``max_pages``."""
         self.counters["listings"] += 1
         files: dict[str, ObjectInfo] = {}
         dirs: set[str] = set()
         prefix = directory.key
+        pages = 0
         async for page in self.client.list(prefix):
+            pages += 1
+            if max_pages is not None and pages > max_pages:
+                return None
             for info in page.objects:
                 name = info.key[len(prefix):]
                 if not name:
@@ -407,6 +454,7 @@ class Filesystem:
                 self.inodes.remove_name(directory.ino, child.name)
         directory.listing_expires = self._clock() + ttl
         directory.listing = [entry.name for entry in entries[2:]]
+        directory.remote_lookups = 0
         return entries
 
     def readdir(self, fh: int, start: int) -> Iterator[tuple[int, DirEntry]]:

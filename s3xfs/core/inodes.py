@@ -42,6 +42,9 @@ class Inode:
     writer: Any = None  # a file's uncommitted content (core.upload.Writer) while it is being written
     write_handles: int = 0  # open handles that may write
     write_lock: Any = None  # a trio.Lock serialising the writer's operations (made on first use)
+    remote_lookups: int = 0  # directories: lookups that asked the bucket since the last listing
+    too_long: bool = False  # directories: too long to list for lookups (HEAD+LIST per name instead)
+    listing_done: Any = None  # directories: a trio.Event while a listing for lookups is under way
     disk_checked: float = -math.inf  # directories: when the disk cache was last asked for the listing (monotonic)
     changed_at: float = 0.0  # directories: when this mount last changed a child in the bucket (time.time())
     mode: int | None = None  # chmod/chown/utimens: kept in memory for the inode's life, never stored

@@ -6,6 +6,7 @@ import errno
 import os
 
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -183,6 +184,40 @@ def test_xattrs_and_prefix():
         with pytest.raises(FsError):
             await fs.getxattr(ino, "user.other")
     run(check, keys={"p/f": b"1", "q/g": b"2"}, prefix="p/")
+
+
+def test_a_directory_looked_up_into_twice_is_listed_once_instead():
+    """A loader opening files by name: HEAD+LIST for the first name, one listing for the rest."""
+    keys = {f"d/f{n}": b"x" for n in range(50)}
+
+    async def check(fs, client):
+        d = await resolve(fs, "d")
+        client.calls.clear()
+        async with trio.open_nursery() as nursery:  # concurrent lookups share one listing
+            for n in range(50):
+                nursery.start_soon(fs.lookup, d, f"f{n}")
+        assert (await fs.lookup(d, "missing")).ino == 0
+        assert client.calls["HeadObject"] <= 8 and client.calls["ListObjectsV2"] <= 9, client.calls
+        client.calls.clear()
+        for n in range(50):
+            assert (await fs.lookup(d, f"f{n}")).ino != 0
+        assert sum(client.calls.values()) == 0
+    run(check, keys=keys, metadata_ttl=60)
+
+
+def test_a_directory_too_long_to_list_for_lookups_is_asked_name_by_name(monkeypatch):
+    from s3xfs.core import fs as fs_module
+
+    monkeypatch.setattr(fs_module, "LIST_FOR_LOOKUPS_PAGES", 1)
+    keys = {f"d/f{n:04d}": b"x" for n in range(1001)}  # two pages
+
+    async def check(fs, client):
+        d = await resolve(fs, "d")
+        for n in range(5):
+            assert (await fs.lookup(d, f"f{n:04d}")).ino != 0
+        assert fs.inodes.get(d).too_long
+        assert client.calls["HeadObject"] >= 5  # every name asked for itself
+    run(check, keys=keys, metadata_ttl=60)
 
 
 # --- random operation sequences against a reference model of directory-bucket semantics ------
