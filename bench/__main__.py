@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from bench import localzone, mount, write
+from bench import localzone, mount, training, write
 
-SUITES = {"localzone": localzone.main, "mount": mount.main, "write": write.main}
+SUITES = {"localzone": localzone.main, "mount": mount.main, "write": write.main, "training": training.main}
 
 
 def main() -> int:

@@ -44,7 +44,9 @@ T = TypeVar("T")
 DEFAULT_SHARE = 0.10  # of the free space under the cache directory: leaves the disk to its owner
 MIN_DEFAULT_SIZE = 256 << 20  # a nearly full disk still gets a cache worth having
 MIN_SIZE = 16 << 20  # below this, one training batch evicts the last
-DISK_THREADS = 4  # SQLite serialises writers anyway; 4 lets block file reads overlap
+# Reads in flight. Note: with least-recently-used eviction every diskcache get is a short write
+# transaction (it records the access), so hits still queue on SQLite's lock; see docs/CACHING.md.
+DISK_THREADS = 4
 SQLITE_TIMEOUT = 5.0  # seconds a call waits for another process's lock before it is a miss
 CULL_LIMIT = 16  # entries evicted per store: enough to keep up with 1 MiB blocks arriving
 REGISTRY = "namespaces"  # key of the JSON map namespace -> {endpoint, bucket, prefix}
