@@ -1076,3 +1076,32 @@ def test_ttl_zero_never_serves_stale_data(steps, directory):
                                staging_dir=str(Path(tmp) / "staging"))
             finally:
                 store.close()
+
+
+def test_hits_keep_least_recently_used_order_without_a_write_lock(tmp_path):
+    """A hit reads with a plain SELECT; its access is recorded later by the writer, in a batch,
+    and eviction at the cap then drops the blocks nobody read, not the ones just read."""
+    client = RecordingClient()
+    size = 6 * (1 << 20)
+    bodies = {key: random.Random(n).randbytes(size) for n, key in enumerate(("old-read", "old-unread", "new"))}
+    infos = {key: client.put_object_sync(key, body) for key, body in bodies.items()}
+    store = CacheStore(tmp_path / "c", NS, size_limit=16 << 20)
+    blocks = BlockCache(store, 1 << 20)
+
+    async def body() -> None:
+        for key in ("old-read", "old-unread"):
+            assert await get(source_for(client, blocks, key), 0, size) == bodies[key]
+        await store.flush()
+        client.ranges.clear()
+        assert await get(source_for(client, blocks, "old-read"), 0, size) == bodies["old-read"]  # hits
+        assert client.ranges == []
+        await store.flush()  # the accesses are recorded
+        assert await get(source_for(client, blocks, "new"), 0, size) == bodies["new"]  # over the cap
+        await store.flush()
+
+    with_writer(store, body)
+    assert store.cache.volume() <= 16 << 20
+    held = {key: sum(piece is not None for piece in blocks.load(key, infos[key].etag, size, range(6)))
+            for key in bodies}
+    assert held["old-read"] == 6 and held["new"] == 6 and held["old-unread"] < 6, held
+    store.close()

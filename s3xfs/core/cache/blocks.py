@@ -15,9 +15,13 @@ ranged GET each, and what was fetched is queued for the cache's writer
 from __future__ import annotations
 
 import logging
+import os
+import time
 import zlib
 from collections import Counter
 from functools import partial
+
+import diskcache
 
 from ...client.errors import ClientError
 from ...client.protocol import ObjectClient
@@ -43,6 +47,7 @@ class BlockCache:
         self.store = store
         self.block_size = block_size
         self.stats: Counter[str] = Counter()
+        self._touched: list[int] = []  # rowids of hits whose access time is not recorded yet
 
     def _key(self, key: str, etag: str, size: int, index: int) -> str:
         return self.store.key("block", etag, size, self.block_size, index, key)
@@ -73,13 +78,43 @@ class BlockCache:
         return found
 
     def _read(self, name: str) -> object:
-        """A stored value; a block file is read after diskcache let go of its lock (read=True), so
-        concurrent readers and other mounts do not queue behind one another's file reads."""
-        value = self.store.cache.get(name, read=True)
-        if hasattr(value, "read"):
-            with value:
-                return value.read()
-        return value
+        """A stored value, read without a write transaction.
+
+        diskcache's own ``get`` under least-recently-used eviction records the access inside a
+        write transaction, so every hit of every mount queued on SQLite's one lock. Here the row
+        is looked up with a plain SELECT (WAL readers never wait) and its access time is recorded
+        later, in batches, by the cache's writer (:meth:`_touch`): LRU order is kept, a second
+        late at most. Relies on diskcache 5's Cache table (pinned in pyproject.toml).
+        """
+        cache = self.store.cache
+        row = cache._sql("SELECT rowid, mode, filename, value FROM Cache WHERE key = ? AND raw = 1",
+                         (name,)).fetchone()
+        if row is None:
+            return None
+        rowid, mode, filename, value = row
+        if mode == diskcache.core.MODE_BINARY and filename:
+            try:
+                with open(os.path.join(cache.directory, filename), "rb") as file:
+                    data: object = file.read()
+            except FileNotFoundError:  # evicted by another process between the SELECT and the open
+                return None
+        else:
+            data = value  # a small block (SQLite gives a BLOB as bytes); anything else is dropped as corrupt
+        self._touched.append(rowid)
+        if len(self._touched) == 1:
+            self.store.queue_threadsafe(self._touch)
+        return data
+
+    def _touch(self) -> None:
+        """Record the accesses of recent hits (runs in the cache's writer, in one transaction)."""
+        rowids, self._touched = self._touched, []
+        if not rowids:
+            return
+        cache = self.store.cache
+        now = time.time()
+        with cache.transact():
+            cache._con.executemany("UPDATE Cache SET access_time = ? WHERE rowid = ?",
+                                   [(now, rowid) for rowid in rowids])
 
     def save(self, key: str, etag: str, size: int, first: int, data: bytes | bytearray | memoryview) -> None:
         """Store consecutive blocks starting at block ``first``; ``data`` covers them exactly."""

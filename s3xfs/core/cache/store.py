@@ -48,7 +48,9 @@ MIN_SIZE = 16 << 20  # below this, one training batch evicts the last
 # transaction (it records the access), so hits still queue on SQLite's lock; see docs/CACHING.md.
 DISK_THREADS = 4
 SQLITE_TIMEOUT = 5.0  # seconds a call waits for another process's lock before it is a miss
-CULL_LIMIT = 16  # entries evicted per store: enough to keep up with 1 MiB blocks arriving
+# Entries evicted per store once over the cap: each store adds one entry, so two keep the volume at
+# the cap, without emptying a small cache at once as a large batch would.
+CULL_LIMIT = 2
 REGISTRY = "namespaces"  # key of the JSON map namespace -> {endpoint, bucket, prefix}
 WRITE_BACKLOG = 64 << 20  # fetched bytes waiting to be written to the cache: bounds the memory it takes
 DB_NAME = "cache.db"  # diskcache's database: its presence marks a directory as a cache
@@ -129,6 +131,7 @@ class CacheStore:
         self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...], int]] = deque()
         self._queued = trio.Event()
         self._flushing = trio.Lock()
+        self._token: trio.lowlevel.TrioToken | None = None  # set by writer(): reads report to it
         self.guard(self._register)
 
     def key(self, kind: str, *parts: object) -> str:
@@ -150,8 +153,18 @@ class CacheStore:
         self._queue.append((fn, args, 0))
         self._queued.set()
 
+    def queue_threadsafe(self, fn: Callable[..., Any], *args: Any) -> None:
+        """:meth:`queue` from a worker thread (a cache read that has something to record)."""
+        try:
+            if self._token is None:
+                raise trio.RunFinishedError
+            self._token.run_sync_soon(self.queue, fn, *args)
+        except trio.RunFinishedError:
+            self.guard(fn, *args)  # no writer running (yet, or any more): record it here and now
+
     async def writer(self) -> None:
         """The task that applies queued writes, in order (runs in the filesystem's nursery)."""
+        self._token = trio.lowlevel.current_trio_token()
         while True:
             await self._queued.wait()
             self._queued = trio.Event()
