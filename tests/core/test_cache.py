@@ -36,7 +36,7 @@ from s3xfs.core.cache.blocks import _crc
 from s3xfs.core.errors import FsError
 from s3xfs.core.fs import Filesystem
 from s3xfs.core.inodes import ROOT_INODE
-from tests.support.core import run_filesystem
+from tests.support.core import names, resolve, run_filesystem
 
 NS = Namespace("https://s3express-usw2-az1.us-west-2.amazonaws.com", "test--usw2-az1--x-s3", "")
 LIMIT = 64 << 20
@@ -616,27 +616,6 @@ def test_cache_directory_rules(tmp_path):
 
 
 # --- the filesystem with a cache --------------------------------------------------------------------
-
-async def resolve(fs: Filesystem, path: str) -> int:
-    """Walk ``path`` from the root like the kernel does; 0 when a component is missing."""
-    ino = ROOT_INODE
-    for part in filter(None, path.split("/")):
-        if not fs.inodes.get(ino).is_dir:
-            return 0
-        attrs = await fs.lookup(ino, part)
-        if attrs.ino == 0:
-            return 0
-        ino = attrs.ino
-    return ino
-
-
-async def names(fs: Filesystem, ino: int) -> set[str]:
-    fh = await fs.opendir(ino)
-    try:
-        return {entry.name for _, entry in fs.readdir(fh, 0)} - {".", ".."}
-    finally:
-        fs.releasedir(fh)
-
 
 async def read_all(fs: Filesystem, ino: int, flags: int = os.O_RDONLY) -> bytes:
     handle = await fs.open(ino, flags)

@@ -14,7 +14,7 @@ from s3xfs.client.memory import MemoryClient
 from s3xfs.core.errors import FsError
 from s3xfs.core.fs import Filesystem
 from s3xfs.core.inodes import ROOT_INODE
-from tests.support.core import run_filesystem
+from tests.support.core import names, resolve, run_filesystem
 
 
 class FakeClock:
@@ -28,27 +28,6 @@ class FakeClock:
 def run(fs_test, *, keys: dict[str, bytes] | None = None, clock=None, **options):
     """Run ``fs_test(fs, client)`` inside trio with the filesystem attached to a nursery."""
     return run_filesystem(fs_test, MemoryClient(seed=1), keys=keys, clock=clock, **options)
-
-
-async def resolve(fs: Filesystem, path: str) -> int:
-    """Walk ``path`` from the root like the kernel does; 0 when a component is missing."""
-    ino = ROOT_INODE
-    for part in filter(None, path.split("/")):
-        if not fs.inodes.get(ino).is_dir:
-            return 0
-        attrs = await fs.lookup(ino, part)
-        if attrs.ino == 0:
-            return 0
-        ino = attrs.ino
-    return ino
-
-
-async def names(fs: Filesystem, ino: int) -> set[str]:
-    fh = await fs.opendir(ino)
-    try:
-        return {entry.name for _, entry in fs.readdir(fh, 0)} - {".", ".."}
-    finally:
-        fs.releasedir(fh)
 
 
 async def read_all(fs: Filesystem, ino: int) -> bytes:

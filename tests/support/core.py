@@ -10,6 +10,7 @@ import trio
 from s3xfs.client.memory import MemoryClient
 from s3xfs.core.cache import CacheStore
 from s3xfs.core.fs import Filesystem, FsOptions
+from s3xfs.core.inodes import ROOT_INODE
 
 
 def run_filesystem(fs_test: Callable[[Filesystem, MemoryClient], Awaitable[Any]], client: MemoryClient, *,
@@ -32,3 +33,24 @@ def run_filesystem(fs_test: Callable[[Filesystem, MemoryClient], Awaitable[Any]]
                 nursery.cancel_scope.cancel()
 
     return trio.run(main)
+
+
+async def resolve(fs: Filesystem, path: str) -> int:
+    """Walk ``path`` from the root like the kernel does; 0 when a component is missing."""
+    ino = ROOT_INODE
+    for part in filter(None, path.split("/")):
+        if not fs.inodes.get(ino).is_dir:
+            return 0
+        attrs = await fs.lookup(ino, part)
+        if attrs.ino == 0:
+            return 0
+        ino = attrs.ino
+    return ino
+
+
+async def names(fs: Filesystem, ino: int) -> set[str]:
+    fh = await fs.opendir(ino)
+    try:
+        return {entry.name for _, entry in fs.readdir(fh, 0)} - {".", ".."}
+    finally:
+        fs.releasedir(fh)
