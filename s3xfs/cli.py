@@ -112,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--allow-other", action="store_true", default=None, help="let other users access the mount")
     mount.add_argument("--allow-root", action="store_true", default=None, help="let root access the mount")
     mount.add_argument("--metadata-ttl", help="seconds to trust cached metadata, or 'indefinite' (default: 1)")
-    mount.add_argument("--negative-ttl", help="seconds to trust 'no such file' (default: 1)")
+    mount.add_argument("--negative-ttl", help="seconds to trust 'no such file', or 'indefinite' (default: 1)")
     mount.add_argument("--max-threads", help="concurrent S3 requests (default: 32)")
     mount.add_argument("--part-size", help="size of ranged GETs and of upload parts (at least 5 MiB), e.g. 8M (default: 8 MiB)")
     mount.add_argument("--staging-dir", help="where files written out of order are kept until uploaded, and failed "
@@ -120,7 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--cache", metavar="DIR", help="keep data blocks and metadata in this directory, across "
                                                       "mounts (created 0700; default: no disk cache)")
     mount.add_argument("--max-cache-size", metavar="SIZE", help="cap of the cache directory, e.g. 20G "
-                                                                "(default: 10%% of the free space there)")
+                                                                "(at least 16M; default: 10%% of the free space there, at least 256M)")
     mount.add_argument("--cache-block-size", metavar="SIZE", help="size of cached data blocks, a power of two "
                                                                   "from 64K to 16M (default: 1M)")
     mount.add_argument("--log-level", help="DEBUG, INFO, WARNING (default) or ERROR")
@@ -219,7 +219,8 @@ def cache_command(args: argparse.Namespace) -> int:
         if args.action == "info":
             print(f"{directory}: {store.volume(directory) / 2**20:.1f} MiB used")
             for namespace_id, facts in sorted(known.items(), key=lambda item: str(item[1].get("bucket"))):
-                print(f"  {facts.get('bucket')}/{facts.get('prefix', '')} at {facts.get('endpoint')} ({namespace_id})")
+                print(f"  {facts.get('bucket')}/{facts.get('prefix', '')} at {facts.get('endpoint')}: "
+                      f"{facts['entries']} entries, {facts['bytes'] / 2**20:.1f} MiB ({namespace_id})")
             return 0
         if args.all == bool(args.sources):
             raise UsageError("name the BUCKET[/PREFIX/] whose entries to drop, or --all")

@@ -117,6 +117,12 @@ def test_eviction_holds_the_cap_and_keeps_the_most_recent(server, mount_factory,
     assert requests(server).get("GetObject", 0) == 0
     assert (mount.path / "big0.bin").read_bytes() == files["big0.bin"]
     assert requests(server).get("GetObject", 0) > 0  # evicted long ago: fetched again
+    mount.stop()
+    # Eviction never makes the cache forget whose entries it holds.
+    assert BUCKET in s3xfs("cache", "info", str(cache)).stdout
+    cleared = s3xfs("cache", "clear", str(cache), BUCKET)
+    assert cleared.returncode == 0, cleared.stderr
+    assert block_files(cache) == []
 
 
 def test_corrupt_block_is_dropped_and_fetched_again(server, mount_factory, tmp_path):

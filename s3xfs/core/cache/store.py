@@ -18,6 +18,7 @@ it once per kind and reports nothing.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import logging
@@ -51,7 +52,9 @@ SQLITE_TIMEOUT = 5.0  # seconds a call waits for another process's lock before i
 # Entries evicted per store once over the cap: each store adds one entry, so two keep the volume at
 # the cap, without emptying a small cache at once as a large batch would.
 CULL_LIMIT = 2
-REGISTRY = "namespaces"  # key of the JSON map namespace -> {endpoint, bucket, prefix}
+# Which namespaces have used the directory: a file beside the database, not a cache entry, so that
+# eviction and clearing never make `s3xfs cache info|clear BUCKET` forget a bucket it holds.
+REGISTRY = "namespaces.json"
 WRITE_BACKLOG = 64 << 20  # fetched bytes waiting to be written to the cache: bounds the memory it takes
 DB_NAME = "cache.db"  # diskcache's database: its presence marks a directory as a cache
 
@@ -207,11 +210,14 @@ class CacheStore:
             return default
 
     def _register(self) -> None:
-        with self.cache.transact():
-            known = _load_registry(self.cache)
+        with open(self.directory / (REGISTRY + ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # two mounts starting at once both get in
+            known = _load_registry(self.directory)
             known[self.tag] = {"endpoint": self.namespace.endpoint, "bucket": self.namespace.bucket,
                                "prefix": self.namespace.prefix, "last_mount": time.time()}
-            self.cache.set(REGISTRY, json.dumps(known).encode())
+            temporary = self.directory / (REGISTRY + ".new")
+            temporary.write_text(json.dumps(known, indent=1))
+            os.replace(temporary, self.directory / REGISTRY)
 
     def close(self) -> None:
         self.cache.close()
@@ -230,11 +236,10 @@ def open_cache(directory: Path, size_limit: int) -> diskcache.Cache:
     )
 
 
-def _load_registry(cache: diskcache.Cache) -> dict[str, dict[str, Any]]:
-    raw = cache.get(REGISTRY)
+def _load_registry(directory: Path) -> dict[str, dict[str, Any]]:
     try:
-        value = json.loads(raw) if raw else {}
-    except ValueError:
+        value = json.loads((directory / REGISTRY).read_text())
+    except (OSError, ValueError):
         value = {}
     return value if isinstance(value, dict) else {}
 
@@ -243,10 +248,16 @@ def _load_registry(cache: diskcache.Cache) -> dict[str, dict[str, Any]]:
 
 
 def namespaces(directory: Path) -> dict[str, dict[str, Any]]:
-    """What the cache directory holds entries of: namespace id -> {endpoint, bucket, prefix, ...}."""
+    """Every namespace that has used the directory: id -> {endpoint, bucket, prefix, last_mount,
+    entries, bytes} (entries and bytes: what it holds now; 0 once evicted or cleared)."""
     cache = _open_existing(directory)
     try:
-        return _load_registry(cache)
+        known = _load_registry(directory)
+        for namespace_id, facts in known.items():
+            count, size = cache._sql("SELECT COUNT(*), COALESCE(SUM(size), 0) FROM Cache WHERE tag = ?",
+                                     (namespace_id,)).fetchone()
+            facts.update(entries=count, bytes=size)
+        return known
     finally:
         cache.close()
 
@@ -257,15 +268,7 @@ def clear(directory: Path, ids: list[str] | None = None) -> int:
     try:
         if ids is None:
             return cache.clear(retry=True)
-        removed = 0
-        for namespace_id in ids:
-            removed += cache.evict(namespace_id, retry=True)
-        with cache.transact(retry=True):
-            known = _load_registry(cache)
-            for namespace_id in ids:
-                known.pop(namespace_id, None)
-            cache.set(REGISTRY, json.dumps(known).encode(), retry=True)
-        return removed
+        return sum(cache.evict(namespace_id, retry=True) for namespace_id in ids)
     finally:
         cache.close()
 
