@@ -13,7 +13,6 @@ Baselines measured in the same run, with the same client code:
 from __future__ import annotations
 
 import http.client
-import json
 import os
 import platform
 import socket
@@ -31,6 +30,8 @@ from botocore.auth import S3ExpressAuth
 from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
+
+from bench.report import save_result
 
 ACCESS_KEY = "AKIAIOSFODNN7EXAMPLE"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
@@ -231,7 +232,5 @@ def main(quick: bool = False) -> dict:
           f"(static responder, same client signing) | {small['localzone'] / small['baseline']:.2f} | >= 1,500 req/s |")
     print(f"\nfor reference: boto3 get_object streaming the same {size // MiB} MiB object reads at "
           f"{large['boto3'] / 1e9:.2f} GB/s (client-bound)")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "localzone.json").write_text(json.dumps(result, indent=2))
+    save_result("localzone", result)
     return result

@@ -43,6 +43,7 @@ from botocore.config import Config
 from tests.support.mount import NotifySocket
 
 from bench.localzone import ACCESS_KEY, BUCKET, REGION, SECRET_KEY, Endpoint
+from bench.report import print_ratio_table, save_result
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -600,10 +601,7 @@ def main(quick: bool = False) -> dict:
     result["table"] = [dict(zip(("workload", "s3xfs", "baseline", "ratio", "target", "met"), row)) for row in table]
     print(f"\ns3xfs mount benchmark ({result['machine']}; medians of {repeats} run{'s' if repeats > 1 else ''}, "
           f"each on a fresh mount with {' '.join(MOUNT_OPTIONS)})\n")
-    print("| workload | s3xfs | baseline (same run) | ratio | target | met? |")
-    print("|---|---|---|---|---|---|")
-    for workload, ours, base, ratio, target, met in table:
-        print(f"| {workload} | {ours} | {base} | {ratio} | {target} | {'-' if met is None else 'yes' if met else 'NO'} |")
+    print_ratio_table(table)
     print("\nratio: s3xfs / baseline (for times, how many times longer s3xfs takes)")
     wire = result["endpoint_requests_first_repeat"]
     rnd = wire["random"]
@@ -627,9 +625,7 @@ def main(quick: bool = False) -> dict:
           f"time to first byte of {TTFB_OBJECTS} objects {wire['ttfb'].get('HeadObject', 0)} HEAD + "
           f"{wire['ttfb'].get('ListObjectsV2', 0)} LIST + {wire['ttfb'].get('GetObject', 0)} GET; "
           f"ls -l cold + warm {wire['ls'].get('ListObjectsV2', 0)} LIST")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "mount.json").write_text(json.dumps(result, indent=2))
+    save_result("mount", result)
     return result
 
 

@@ -35,10 +35,8 @@ import json
 import multiprocessing
 import os
 import random
-import re
 import statistics
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -52,6 +50,7 @@ from botocore.config import Config
 from bench.localzone import ACCESS_KEY, BUCKET, REGION, SECRET_KEY, Endpoint
 from bench.mount import CpuMeter, MiB, Mount, Owned, RssSampler, endpoint_stats, machine, reset_stats, run_owned
 from bench.write import complaints
+from bench.report import print_table, save_result
 
 KiB = 1024
 FILE_SIZE = 256 * KiB  # one training sample
@@ -110,13 +109,6 @@ def disk_usage(root: Path) -> int:
             with contextlib.suppress(OSError):
                 total += os.lstat(os.path.join(directory, name)).st_blocks * 512
     return total
-
-
-def cache_option_supported() -> bool:
-    """Whether this s3xfs has ``--cache`` (issue 6 is being built alongside this benchmark)."""
-    help_text = subprocess.run([sys.executable, "-m", "s3xfs.cli", "mount", "--help"],
-                               capture_output=True, text=True).stdout
-    return re.search(r"--cache\b(?!-)", help_text) is not None
 
 
 def mount_options(prefix: str, cache: Path | None) -> tuple[str, ...]:
@@ -262,16 +254,15 @@ def find_files(root: Path) -> dict[str, float]:
 # --- the runs ------------------------------------------------------------------------------------
 
 class Run:
-    """What one benchmark run shares: the endpoint, the work directory, what s3xfs supports."""
+    """What one benchmark run shares: the endpoint and the work directory."""
 
-    def __init__(self, workdir: Path, owned: Owned, cache: bool) -> None:
+    def __init__(self, workdir: Path, owned: Owned) -> None:
         self.workdir = workdir
         self.owned = owned
         self.endpoint_root = workdir / "root"
         owned.endpoint = Endpoint(self.endpoint_root)
         self.url = owned.endpoint.url
         self.endpoint_pid = owned.endpoint.proc.pid
-        self.cache = cache
         self.dropped: list[bool] = []
         self.logged: list[str] = []
         self.mounts = 0
@@ -314,21 +305,16 @@ def training_repeat(run: Run, local: Path, names: list[str], repeat: int) -> dic
         remote_epoch(mount, "nocache_epoch1", seed + 1, at_mount)
         remote_epoch(mount, "nocache_epoch2", seed + 2)
 
-    if run.cache:
-        cache_dir = run.workdir / f"cache-train-{repeat}"
-        try:
-            with run.mount("train-cache", TRAIN_PREFIX, cache_dir) as (mount, at_mount):
-                remote_epoch(mount, "cache_epoch1", seed + 1, at_mount)
-                remote_epoch(mount, "cache_epoch2_same", seed + 2)
-            phases["cache_epoch2_same"]["cache_bytes"] = disk_usage(cache_dir)
-            dropped = run.drop()
-            with run.mount("train-cache", TRAIN_PREFIX, cache_dir) as (mount, at_mount):
-                remote_epoch(mount, "cache_epoch2_remount", seed + 2, at_mount)
-                phases["cache_epoch2_remount"]["dropped_caches"] = dropped
-                phases["cache_epoch2_remount"]["content_mismatches"] = same_content(mount.path, local, names, seed)
-        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-            phases["cache_error"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
-            print(f"repeat {repeat + 1}: the --cache phases FAILED: {phases['cache_error']['error'][:500]}", flush=True)
+    cache_dir = run.workdir / f"cache-train-{repeat}"
+    with run.mount("train-cache", TRAIN_PREFIX, cache_dir) as (mount, at_mount):
+        remote_epoch(mount, "cache_epoch1", seed + 1, at_mount)
+        remote_epoch(mount, "cache_epoch2_same", seed + 2)
+    phases["cache_epoch2_same"]["cache_bytes"] = disk_usage(cache_dir)
+    dropped = run.drop()
+    with run.mount("train-cache", TRAIN_PREFIX, cache_dir) as (mount, at_mount):
+        remote_epoch(mount, "cache_epoch2_remount", seed + 2, at_mount)
+        phases["cache_epoch2_remount"]["dropped_caches"] = dropped
+        phases["cache_epoch2_remount"]["content_mismatches"] = same_content(mount.path, local, names, seed)
 
     epoch(local, names, seed)  # the local files' pages in memory, whatever ran before
     phases["local_warm"] = local_phase(lambda: epoch(local, names, seed + 2))
@@ -354,19 +340,14 @@ def find_repeat(run: Run, local: Path, objects: int, repeat: int) -> dict[str, d
         remote_find(mount, "nocache_fresh", at_mount)
         remote_find(mount, "nocache_again")
 
-    if run.cache:
-        cache_dir = run.workdir / f"cache-tree-{repeat}"
-        try:
-            with run.mount("tree-cache", TREE_PREFIX, cache_dir) as (mount, at_mount):
-                remote_find(mount, "cache_first", at_mount)
-            phases["cache_first"]["cache_bytes"] = disk_usage(cache_dir)
-            dropped = run.drop()
-            with run.mount("tree-cache", TREE_PREFIX, cache_dir) as (mount, at_mount):
-                remote_find(mount, "cache_remount", at_mount)
-                phases["cache_remount"]["dropped_caches"] = dropped
-        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-            phases["cache_error"] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
-            print(f"repeat {repeat + 1}: the --cache find phases FAILED: {phases['cache_error']['error'][:500]}", flush=True)
+    cache_dir = run.workdir / f"cache-tree-{repeat}"
+    with run.mount("tree-cache", TREE_PREFIX, cache_dir) as (mount, at_mount):
+        remote_find(mount, "cache_first", at_mount)
+    phases["cache_first"]["cache_bytes"] = disk_usage(cache_dir)
+    dropped = run.drop()
+    with run.mount("tree-cache", TREE_PREFIX, cache_dir) as (mount, at_mount):
+        remote_find(mount, "cache_remount", at_mount)
+        phases["cache_remount"]["dropped_caches"] = dropped
 
     find_files(local)
     phases["local_warm"] = local_phase(lambda: find_files(local))
@@ -374,8 +355,8 @@ def find_repeat(run: Run, local: Path, objects: int, repeat: int) -> dict[str, d
     return phases
 
 
-def run_all(workdir: Path, owned: Owned, files: int, objects: int, repeats: int, cache: bool) -> dict:
-    run = Run(workdir, owned, cache)
+def run_all(workdir: Path, owned: Owned, files: int, objects: int, repeats: int) -> dict:
+    run = Run(workdir, owned)
     s3 = boto3.client("s3", endpoint_url=run.url, region_name=REGION, aws_access_key_id=ACCESS_KEY,
                       aws_secret_access_key=SECRET_KEY, config=Config(max_pool_connections=16))
     names = train_names(files)
@@ -424,20 +405,12 @@ def duration(seconds: float) -> str:
     return f"{seconds:.2f} s" if seconds >= 0.1 else f"{seconds * 1e3:.1f} ms"
 
 
-def print_table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
-    print("| " + " | ".join(header) + " |")
-    print("|" + "---|" * len(header))
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
-
-
 def report(result: dict) -> None:
     files, objects = result["files"], result["objects"]
     training, find = result["training_runs"], result["find_runs"]
     rate = medians(training, "rate")
     cpu = medians(training, "cpu_seconds")
     first = training[0]
-    skipped = "skipped: this s3xfs has no --cache option" if not result["cache_supported"] else "FAILED (see above)"
     dropped = any(result["dropped_caches"]) or "local_cold" in first
     mib = lambda b: f"{b / MiB:.0f} MiB"  # noqa: E731
 
@@ -462,16 +435,14 @@ def report(result: dict) -> None:
         if key in rate:
             peak = f"{phase['rss_peak_mib']:.0f} MiB" if phase and "rss_peak_mib" in phase else "-"
             rows.append((label, f"{rate[key]:.0f}", f"{cpu[key] * 1e3 / files:.2f}", *requests_cell(phase), peak))
-        elif key.startswith("cache"):
-            rows.append((label, skipped, "-", "-", "-", "-", "-", "-"))
         elif key == "local_cold":
             rows.append((label, "not measured: not root", "-", "-", "-", "-", "-", "-"))
     print_table(("phase", "files/s", "CPU ms/file", "GETs", "LISTs", "HEADs", "other requests", "daemon peak RSS"), rows)
     print("\nCPU ms/file: core-milliseconds per file of every process involved (readers, daemon, endpoint)")
 
     def ratio_row(label: str, top: str, bottom: str, target: float | None) -> tuple[str, ...]:
-        if top not in rate or bottom not in rate:
-            return (label, skipped if top.startswith("cache") else "-", f">= {target:g}" if target else "-", "-")
+        if top not in rate or bottom not in rate:  # local_cold: measured as root only
+            return (label, "-", f">= {target:g}" if target else "-", "-")
         value = rate[top] / rate[bottom]
         met = "-" if target is None else "yes" if value >= target else "NO"
         return (label, f"{value:.2f}", f">= {target:g}" if target else "-", met)
@@ -512,29 +483,22 @@ def report(result: dict) -> None:
     ]
     rows = []
     for key, label in flabels:
-        phase = ffirst.get(key)
-        if key in seconds and phase is not None:
-            counts_ok = all(phases[key]["count_ok"] for phases in find if key in phases)
-            peak = f"{phase['rss_peak_mib']:.0f} MiB" if "rss_peak_mib" in phase else "-"
-            cells = requests_cell(phase)
-            rows.append((label, duration(seconds[key]), duration(fcpu[key]), f"{phase['count']:,}"
-                         + ("" if counts_ok else " WRONG"), cells[1], cells[0], cells[2], cells[3], peak))
-        elif key.startswith("cache"):
-            rows.append((label, skipped, "-", "-", "-", "-", "-", "-", "-"))
+        phase = ffirst[key]
+        counts_ok = all(phases[key]["count_ok"] for phases in find)
+        peak = f"{phase['rss_peak_mib']:.0f} MiB" if "rss_peak_mib" in phase else "-"
+        cells = requests_cell(phase)
+        rows.append((label, duration(seconds[key]), duration(fcpu[key]), f"{phase['count']:,}"
+                     + ("" if counts_ok else " WRONG"), cells[1], cells[0], cells[2], cells[3], peak))
     print_table(("phase", "time", "CPU (all processes)", "files found", "LISTs", "GETs", "HEADs", "other requests",
                  "daemon peak RSS"), rows)
-    if "cache_remount" in seconds:
-        remount = ffirst["cache_remount"]
-        print(f"\nfind after remount / fresh mount without --cache: "
-              f"{seconds['cache_remount'] / seconds['nocache_fresh']:.2f} of the time; "
-              f"LIST requests on the remount: {remount['requests'].get('ListObjectsV2', 0)} (target 0); "
-              f"metadata cache on disk: {mib(ffirst['cache_first']['cache_bytes'])}; the remount took "
-              f"{remount.get('mount', {}).get('start_seconds', 0):.2f} s to be ready")
+    remount = ffirst["cache_remount"]
+    print(f"\nfind after remount / fresh mount without --cache: "
+          f"{seconds['cache_remount'] / seconds['nocache_fresh']:.2f} of the time; "
+          f"LIST requests on the remount: {remount['requests'].get('ListObjectsV2', 0)} (target 0); "
+          f"metadata cache on disk: {mib(ffirst['cache_first']['cache_bytes'])}; the remount took "
+          f"{remount.get('mount', {}).get('start_seconds', 0):.2f} s to be ready")
     print(f"\nkernel caches dropped before the remounts and the local cold epoch: "
           f"{'yes (running as root)' if dropped else 'no (not root)'}")
-    errors = [phases["cache_error"]["error"] for phases in training + find if "cache_error" in phases]
-    if errors:
-        print(f"the --cache phases failed {len(errors)} times; first: {errors[0][:1000]}")
     if result["daemon_log"]:
         print(f"the daemons logged {len(result['daemon_log'])} lines, first ones:")
         for line in result["daemon_log"][:10]:
@@ -545,19 +509,14 @@ def main(quick: bool = False) -> dict:
     files = 400 if quick else 2_000
     objects = 10_000 if quick else 100_000
     repeats = 1 if quick else 3
-    cache = cache_option_supported()
-    if not cache:
-        print("s3xfs mount has no --cache option yet: the --cache phases are skipped", flush=True)
-    result = run_owned("training", lambda workdir, owned: run_all(workdir, owned, files, objects, repeats, cache))
+    result = run_owned("training", lambda workdir, owned: run_all(workdir, owned, files, objects, repeats))
     result.update(machine=machine(), quick=quick, files=files, file_size=FILE_SIZE, objects=objects, repeats=repeats,
-                  latency_ms=LATENCY_MS, readers=READERS, cache_supported=cache,
-                  mount_options=list(mount_options("PREFIX", Path("DIR") if cache else None)),
+                  latency_ms=LATENCY_MS, readers=READERS,
+                  mount_options=list(mount_options("PREFIX", Path("DIR"))),
                   medians={"training_rate": medians(result["training_runs"], "rate"),
                            "find_seconds": medians(result["find_runs"], "seconds")})
     report(result)
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "training.json").write_text(json.dumps(result, indent=2))
+    save_result("training", result)
     return result
 
 

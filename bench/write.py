@@ -19,7 +19,6 @@ Ctrl-C. What every workload wrote is checked afterwards with boto3 (sizes and co
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 import statistics
@@ -33,6 +32,7 @@ from botocore.config import Config
 from bench.localzone import ACCESS_KEY, BUCKET, REGION, SECRET_KEY, Endpoint
 from bench.mount import (GiB, MiB, CpuMeter, Mount, Owned, RssSampler, endpoint_stats, machine, reset_stats, rss_kib,
                          run_owned)
+from bench.report import print_ratio_table, save_result
 
 WRITE_SIZE = 1 * MiB  # the writer's write() size
 PART = 8 * MiB  # direct baseline: part size (s3xfs's default --part-size)
@@ -265,10 +265,7 @@ def main(quick: bool = False) -> dict:
     result["table"] = [dict(zip(("workload", "s3xfs", "baseline", "ratio", "target", "met"), row)) for row in table]
     print(f"\ns3xfs write benchmark ({result['machine']}; medians of {repeats} run{'s' if repeats > 1 else ''}, "
           f"each on a fresh read-write mount with default options and its own --staging-dir)\n")
-    print("| workload | s3xfs | baseline (same run) | ratio | target | met? |")
-    print("|---|---|---|---|---|---|")
-    for workload, ours, base, ratio, target, met in table:
-        print(f"| {workload} | {ours} | {base} | {ratio} | {target} | {'-' if met is None else 'yes' if met else 'NO'} |")
+    print_ratio_table(table)
     print("\nratio: s3xfs / baseline")
     cores = os.cpu_count() or 1
     cpu_mount, cpu_direct = result["mount"]["seq_cpu_per_gib"], result["baseline"]["seq_direct_cpu_per_gib"]
@@ -286,9 +283,7 @@ def main(quick: bool = False) -> dict:
         print(f"the daemons logged {len(result['daemon_log'])} lines, first ones:")
         for line in result["daemon_log"][:10]:
             print(f"  {line}")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    (out / "write.json").write_text(json.dumps(result, indent=2))
+    save_result("write", result)
     return result
 
 

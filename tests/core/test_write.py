@@ -214,15 +214,21 @@ def test_parts_are_uploaded_while_writing(run, small_parts):
     run(check, part_size=PART)
 
 
+def hold_uploads(client: MemoryClient) -> trio.Event:
+    """Make every UploadPart wait until the returned event is set."""
+    gate = trio.Event()
+
+    async def hold(operation: str, key: str) -> None:
+        if operation == "UploadPart":
+            await gate.wait()
+
+    client.before_call = hold
+    return gate
+
+
 def test_memory_is_bounded_by_the_write_budget(run, small_parts):
     async def check(fs, client):
-        gate = trio.Event()
-
-        async def hold(operation, key):
-            if operation == "UploadPart":
-                await gate.wait()
-
-        client.before_call = hold
+        gate = hold_uploads(client)
         fh, _ = await create(fs, "f")
         written = []
 
@@ -985,13 +991,7 @@ def test_forget_keeps_an_inode_whose_upload_is_in_flight(run, small_parts):
     data = os.urandom(3 * PART)
 
     async def check(fs, client):
-        gate = trio.Event()
-
-        async def hold(operation, key):
-            if operation == "UploadPart":
-                await gate.wait()
-
-        client.before_call = hold
+        gate = hold_uploads(client)
         fh, ino = await create(fs, "f")
         await write_chunks(fs, fh, data)
         inode = fs.inodes.get(ino)

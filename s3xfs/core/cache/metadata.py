@@ -15,10 +15,14 @@ import json
 import math
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from ...client.protocol import ObjectInfo
 from .store import CacheStore
+
+T = TypeVar("T")
 
 FORMAT = 1  # bump when the JSON layout changes: older entries are then ignored
 CLOCK_SLACK = 5.0  # seconds an entry may seem to come from the future (clock adjustments) and still count
@@ -83,19 +87,26 @@ class MetadataCache:
         self.store.guard(self.store.cache.set, name, json.dumps(value, separators=(",", ":")).encode(),
                          tag=self.store.tag)
 
-    def load_listing(self, prefix: str) -> Listing | None:
-        """The stored listing of ``prefix`` if it is still within the TTL."""
-        value = self._get(self.store.key("list", prefix))
+    def _load(self, kind: str, key: str, decode: Callable[[dict], T], restored: str, missed: str) -> T | None:
+        """The stored value of (kind, key), decoded, if it is still within the TTL; a value that
+        does not decode is deleted."""
+        name = self.store.key(kind, key)
+        value = self._get(name)
         try:
             if value is not None and self.remaining(value["t"]) > 0:
-                listing = Listing(value["t"], [str(name) for name in value["dirs"]],
-                                  [_info_from_json(row) for row in value["files"]])
-                self.stats["listings_restored"] += 1
-                return listing
+                result = decode(value)
+                self.stats[restored] += 1
+                return result
         except (KeyError, TypeError, ValueError):
-            self.store.guard(self.store.cache.delete, self.store.key("list", prefix))
-        self.stats["listing_misses"] += 1
+            self.store.guard(self.store.cache.delete, name)
+        self.stats[missed] += 1
         return None
+
+    def load_listing(self, prefix: str) -> Listing | None:
+        """The stored listing of ``prefix`` if it is still within the TTL."""
+        return self._load("list", prefix, lambda value: Listing(
+            value["t"], [str(name) for name in value["dirs"]], [_info_from_json(row) for row in value["files"]]),
+            "listings_restored", "listing_misses")
 
     def save_listing(self, prefix: str, listing: Listing) -> None:
         self._put(self.store.key("list", prefix), {"t": listing.fetched_at, "dirs": listing.dirs,
@@ -103,16 +114,9 @@ class MetadataCache:
 
     def load_entry(self, key: str) -> Entry | None:
         """The stored result of looking ``key`` up (a file, or a directory ``key/``) within the TTL."""
-        value = self._get(self.store.key("entry", key))
-        try:
-            if value is not None and self.remaining(value["t"]) > 0:
-                entry = Entry(value["t"], None if value["file"] is None else _info_from_json(value["file"]))
-                self.stats["entries_restored"] += 1
-                return entry
-        except (KeyError, TypeError, ValueError):
-            self.store.guard(self.store.cache.delete, self.store.key("entry", key))
-        self.stats["entry_misses"] += 1
-        return None
+        return self._load("entry", key, lambda value: Entry(
+            value["t"], None if value["file"] is None else _info_from_json(value["file"])),
+            "entries_restored", "entry_misses")
 
     def save_entry(self, key: str, entry: Entry) -> None:
         self._put(self.store.key("entry", key), {"t": entry.fetched_at,
