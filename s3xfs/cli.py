@@ -15,6 +15,9 @@ from pathlib import Path
 from . import __version__
 from .client.naming import NamingError, check_endpoint_override, check_region, parse_mount_source, region_for
 from .config import INDEFINITE, MountConfig, default_staging_dir
+from .logs import LEVELS as LOG_LEVELS
+from .logs import parse_debug_modules
+from .mount_options import OptionError, fold
 
 SIZE_SUFFIXES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 MIN_PART_SIZE = 1024 * 1024  # below this, per-request overhead dominates reads
@@ -65,33 +68,6 @@ def _positive_int(text: str, what: str, low: int, high: int) -> int:
     return int(text)
 
 
-# -o key[=value] names (fstab style) -> the long option they stand for; flags take no value.
-O_FLAGS = {"ro": ("read_only", True), "rw": ("read_only", False), "read-only": ("read_only", True),
-           "foreground": ("foreground", True), "allow-other": ("allow_other", True), "allow-root": ("allow_root", True)}
-O_VALUES = {"region", "endpoint-url", "profile", "prefix", "uid", "gid", "file-mode", "dir-mode", "metadata-ttl",
-            "negative-ttl", "max-threads", "part-size", "staging-dir", "cache", "max-cache-size", "cache-block-size",
-            "log-level", "log-file"}
-
-
-def apply_o_options(args: argparse.Namespace, values: list[str]) -> None:
-    """Fold ``-o key=value,...`` into the parsed long options (explicit long options win)."""
-    for group in values:
-        for item in filter(None, (part.strip() for part in group.split(","))):
-            name, has_value, value = item.partition("=")
-            name = name.replace("_", "-")
-            if name in O_FLAGS and not has_value:
-                attr, flag = O_FLAGS[name]
-                setattr(args, attr, flag)
-            elif name in O_VALUES and has_value:
-                attr = name.replace("-", "_")
-                if getattr(args, attr) is None:
-                    setattr(args, attr, value)
-            elif name in O_VALUES:
-                raise UsageError(f"-o {name} needs a value: -o {name}=VALUE")
-            else:
-                raise UsageError(f"unknown mount option -o {item!r}")
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="s3xfs", description="Mount an S3 Express One Zone directory bucket.")
     parser.add_argument("--version", action="version", version=f"s3xfs {__version__}")
@@ -100,22 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("source", metavar="BUCKET[/PREFIX/]")
     mount.add_argument("mountpoint", metavar="MOUNTPOINT")
     mount.add_argument("-f", "--foreground", action="store_true", default=None, help="stay in the foreground, log to stderr")
-    mount.add_argument("--read-only", action="store_true", default=None, help="mount read-only: only ReadOnly sessions, every write is EROFS")
-    mount.add_argument("--region", help="the bucket's region (default: from the zone id of the bucket name)")
-    mount.add_argument("--endpoint-url", help="talk to this endpoint instead of AWS (e.g. s3xfs-localzone)")
-    mount.add_argument("--profile", help="AWS profile for credentials (default: the standard credential chain)")
-    mount.add_argument("--prefix", help="mount only keys under this prefix")
-    mount.add_argument("--uid", help="owner of files and directories (default: yours)")
-    mount.add_argument("--gid", help="group of files and directories (default: yours)")
-    mount.add_argument("--file-mode", help="permission bits of files (default: 644)")
-    mount.add_argument("--dir-mode", help="permission bits of directories (default: 755)")
+    mount.add_argument("--read-only", action="store_true", default=None,
+                       help="mount read-only: only ReadOnly sessions, every write is EROFS")
+    mount.add_argument("--region", metavar="REGION", help="the bucket's region (default: from the zone id of the bucket name)")
+    mount.add_argument("--endpoint-url", metavar="URL", help="talk to this endpoint instead of AWS (e.g. s3xfs-localzone)")
+    mount.add_argument("--profile", metavar="NAME", help="AWS profile for credentials (default: the standard credential chain)")
+    mount.add_argument("--prefix", metavar="PREFIX", help="mount only keys under this prefix")
+    mount.add_argument("--uid", metavar="UID", help="owner of files and directories (default: yours)")
+    mount.add_argument("--gid", metavar="GID", help="group of files and directories (default: yours)")
+    mount.add_argument("--file-mode", metavar="MODE", help="permission bits of files (default: 644)")
+    mount.add_argument("--dir-mode", metavar="MODE", help="permission bits of directories (default: 755)")
     mount.add_argument("--allow-other", action="store_true", default=None, help="let other users access the mount")
     mount.add_argument("--allow-root", action="store_true", default=None, help="let root access the mount")
-    mount.add_argument("--metadata-ttl", help="seconds to trust cached metadata, or 'indefinite' (default: 1)")
-    mount.add_argument("--negative-ttl", help="seconds to trust 'no such file', or 'indefinite' (default: 1)")
-    mount.add_argument("--max-threads", help="concurrent S3 requests (default: 32)")
-    mount.add_argument("--part-size", help="size of ranged GETs and of upload parts (at least 5 MiB), e.g. 8M (default: 8 MiB)")
-    mount.add_argument("--staging-dir", help="where files written out of order are kept until uploaded, and failed "
+    mount.add_argument("--metadata-ttl", metavar="SECONDS", help="seconds to trust cached metadata, or 'indefinite' (default: 1)")
+    mount.add_argument("--negative-ttl", metavar="SECONDS", help="seconds to trust 'no such file', or 'indefinite' (default: 1)")
+    mount.add_argument("--max-threads", metavar="N", help="concurrent S3 requests (default: 32)")
+    mount.add_argument("--part-size", metavar="SIZE", help="size of ranged GETs and of upload parts, 1M to 5G "
+                                                           "(uploads use at least 5M), e.g. 8M (default: 8M)")
+    mount.add_argument("--staging-dir", metavar="DIR", help="where files written out of order are kept until uploaded, and failed "
                                              "uploads are rescued (default: /var/tmp/s3xfs-UID)")
     mount.add_argument("--cache", metavar="DIR", help="keep data blocks and metadata in this directory, across "
                                                       "mounts (created 0700; default: no disk cache)")
@@ -123,8 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "(at least 16M; default: 10%% of the free space there, at least 256M)")
     mount.add_argument("--cache-block-size", metavar="SIZE", help="size of cached data blocks, a power of two "
                                                                   "from 64K to 16M (default: 1M)")
-    mount.add_argument("--log-level", help="DEBUG, INFO, WARNING (default) or ERROR")
-    mount.add_argument("--log-file", help="log to this file (default: stderr in the foreground, syslog otherwise)")
+    mount.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING (default) or ERROR")
+    mount.add_argument("--log-file", metavar="PATH", help="log to this file (default: stderr in the foreground, "
+                                                          "the journal or syslog when detached)")
+    mount.add_argument("--debug", metavar="MODULE[:MODULE...]", help="log these modules at DEBUG whatever "
+                                                                     "--log-level says, e.g. s3xfs.client:botocore")
     mount.add_argument("-o", dest="o", action="append", default=[], metavar="KEY[=VALUE],...",
                        help="the same options, fstab style: ro, rw, region=..., metadata-ttl=..., ...")
     unmount = sub.add_parser("unmount", help="unmount a mounted bucket")
@@ -145,11 +126,21 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Read files and directories (recursively) through their s3xfs mount, so "
                                       "its --cache holds them; files it holds already are skipped.")
     warm_arguments(warm)
+    helper = sub.add_parser("install-helper", help="link mount.s3xfs where mount(8) looks for it",
+                            description="Link this installation's mount.s3xfs into DIR (default /sbin), so that "
+                                        "mount -t s3xfs, fstab lines and systemd .mount units work.")
+    helper.add_argument("--directory", metavar="DIR", default="/sbin", help="where to link it (default: /sbin)")
+    helper.add_argument("--remove", action="store_true", help="remove the link instead")
+    helper.add_argument("--force", action="store_true", help="replace a mount.s3xfs that is not this installation's")
     return parser
 
 
-def mount_config(args: argparse.Namespace) -> MountConfig:
-    apply_o_options(args, args.o)
+def mount_config(args: argparse.Namespace, *, sloppy: bool = False, program: str = "s3xfs") -> MountConfig:
+    """Check every mount option and build the config; ``sloppy`` (mount(8)'s -s) ignores unknown -o items."""
+    try:
+        folded = fold(args, args.o, sloppy=sloppy, warn=lambda text: print(f"{program}: {text}", file=sys.stderr))
+    except OptionError as exc:
+        raise UsageError(str(exc)) from None
     try:
         source = parse_mount_source(args.source, args.prefix)
         region = check_region(args.region) if args.region else region_for(source.bucket, None)
@@ -163,9 +154,13 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
         raise UsageError(f"mount point {mountpoint} is not a directory")
     if os.path.ismount(mountpoint):
         raise UsageError(f"mount point {mountpoint} is busy: something is already mounted there")
-    level = (args.log_level or "WARNING").upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+    level = (args.log_level or MountConfig.log_level).upper()
+    if level not in LOG_LEVELS:
         raise UsageError(f"--log-level must be DEBUG, INFO, WARNING or ERROR, not {args.log_level!r}")
+    try:
+        debug_modules = parse_debug_modules(args.debug)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     part_size = _size(args.part_size, "--part-size") if args.part_size else MountConfig.part_size
     if not MIN_PART_SIZE <= part_size <= MAX_PART_SIZE:
         raise UsageError(f"--part-size must be between 1 MiB and 5 GiB, not {args.part_size}")
@@ -183,8 +178,15 @@ def mount_config(args: argparse.Namespace) -> MountConfig:
         part_size=part_size, staging_dir=Path(args.staging_dir).absolute() if args.staging_dir else default_staging_dir(),
         cache_dir=cache_dir, max_cache_size=max_cache_size, cache_block_size=block_size,
         log_level=level, log_file=Path(args.log_file).absolute() if args.log_file else None,
-        fsname=f"s3xfs:{source.bucket.name}" + (f"/{source.prefix}" if source.prefix else ""),
+        debug_modules=debug_modules, kernel_flags=tuple(folded.kernel_flags),
+        fsname=_fsname(args.source),
     )
+
+
+def _fsname(source: str) -> str:
+    """The mount table's SOURCE: the source as given, so that mount(8) recognises an fstab line as mounted
+    (``mount -a`` twice mounts once); commas and backslashes escaped for the FUSE option string."""
+    return source.replace("\\", "\\\\").replace(",", "\\,")
 
 
 def _cache_options(args: argparse.Namespace) -> tuple[Path | None, int | None, int]:
@@ -267,6 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "cache":
             return cache_command(args)
+        if args.command == "install-helper":
+            from .mount_helper import install
+
+            print(f"s3xfs: {install(Path(args.directory), remove=args.remove, force=args.force)}")
+            return 0
         if args.command == "warm":
             from .warm import warm_command
 
@@ -281,4 +288,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the imported module, not this __main__ copy: other modules (warm, mount_helper) raise the
+    # UsageError of `s3xfs.cli`, which must be the class main() catches.
+    from s3xfs.cli import main as imported_main
+
+    raise SystemExit(imported_main())

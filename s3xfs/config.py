@@ -51,6 +51,9 @@ class MountConfig:
     # size, and small enough that a random 256 KiB read caches little it did not ask for.
     cache_block_size: int = 1024 * 1024
     read_ahead_kb: int = 1024  # kernel read-ahead for the mount: lets the kernel send 1 MiB reads (FUSE max_pages 256)
-    fsname: str = "s3xfs"
+    fsname: str = "s3xfs"  # the SOURCE column of the mount table; cli sets the source as given
+    # WARNING: a healthy mount logs nothing; failures the user sees (EIO, refused uploads) always are.
     log_level: str = "WARNING"
-    log_file: Path | None = None
+    log_file: Path | None = None  # None: stderr in the foreground, the journal or syslog when detached
+    debug_modules: tuple[str, ...] = ()  # loggers at DEBUG whatever log_level says (--debug)
+    kernel_flags: tuple[str, ...] = ()  # -o nosuid, noexec, noatime...: passed on to the FUSE mount

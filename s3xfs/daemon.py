@@ -3,13 +3,13 @@
 Without ``--foreground`` the command forks at once (before trio or any thread exists); the child
 connects, checks access, mounts, and only then tells the parent "ready" through a pipe, so the
 ``s3xfs mount`` command exits 0 exactly when the mount is usable, or non-zero with the child's
-one-line reason. SIGTERM/SIGINT unmount cleanly; an external ``fusermount3 -u`` ends the daemon.
+one-line reason. SIGTERM/SIGINT/SIGHUP unmount cleanly, SIGUSR1/SIGUSR2 change the log level;
+an external ``fusermount3 -u`` ends the daemon.
 """
 
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import signal
 import sys
@@ -19,6 +19,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from . import logs
 from .client import errors as client_errors
 from .client.naming import endpoint_for, parse_bucket_name
 from .client.s3 import ClientOptions, open_client
@@ -26,6 +27,7 @@ from .config import MountConfig
 from .core.cache import CacheStore, Namespace
 from .core.fs import Filesystem, FsOptions
 from .fuse_ops import FuseOperations
+from .logs import LogControl
 from .malloc_tuning import keep_freed_buffers
 from .notify import notify
 
@@ -38,7 +40,7 @@ class MountFailed(Exception):
 
 def run(config: MountConfig) -> int:
     if config.foreground:
-        _setup_logging(config, detached=False)
+        _start_logging(config, detached=False)
         keep_freed_buffers()
         try:
             trio.run(serve, config, lambda: None)
@@ -53,7 +55,7 @@ def run(config: MountConfig) -> int:
         return _wait_for_child(read_end, pid)
     os.close(read_end)
     os.setsid()
-    _setup_logging(config, detached=True)
+    _start_logging(config, detached=True)
     keep_freed_buffers()
     status = 1
     try:
@@ -97,21 +99,12 @@ def _wait_for_child(fd: int, pid: int) -> int:
     return 1
 
 
-def _setup_logging(config: MountConfig, detached: bool) -> None:
-    root = logging.getLogger()
-    root.setLevel(config.log_level)
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    if config.log_file is not None:
-        handler: logging.Handler = logging.FileHandler(config.log_file)
-    elif detached and Path("/dev/log").exists():
-        handler = logging.handlers.SysLogHandler(address="/dev/log")
-        fmt = "s3xfs[%(process)d]: %(levelname)s %(name)s: %(message)s"
-    elif detached:
-        handler = logging.NullHandler()
-    else:
-        handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(fmt))
-    root.addHandler(handler)
+_log_control: LogControl | None = None  # set once per process, before trio starts
+
+
+def _start_logging(config: MountConfig, detached: bool) -> None:
+    global _log_control
+    _log_control = logs.setup(config.log_level, config.debug_modules, config.log_file, detached)
 
 
 def _fuse_options(config: MountConfig) -> set[str]:
@@ -121,7 +114,7 @@ def _fuse_options(config: MountConfig) -> set[str]:
         options.add("allow_other")
     elif config.allow_root:
         options.add("allow_root")
-    return options
+    return options | set(config.kernel_flags)
 
 
 async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
@@ -214,9 +207,17 @@ async def _when_initialized(config: MountConfig, ops: FuseOperations, ready: Cal
 
 
 async def _watch_signals() -> None:
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+    """SIGTERM/SIGINT/SIGHUP unmount; SIGUSR1 logs one level more verbosely, SIGUSR2 restores the level."""
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP,
+                                   signal.SIGUSR1, signal.SIGUSR2) as signals:
         async for signum in signals:
-            log.info("received %s: unmounting", signal.Signals(signum).name)
+            name = signal.Signals(signum).name
+            if signum in (signal.SIGUSR1, signal.SIGUSR2):
+                if _log_control is not None:
+                    level = _log_control.more_verbose() if signum == signal.SIGUSR1 else _log_control.restore()
+                    log.warning("received %s: log level now %s", name, level)
+                continue
+            log.info("received %s: unmounting", name)
             notify("STOPPING=1")
             pyfuse3.terminate()
             return

@@ -493,11 +493,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def warm_command(args: argparse.Namespace) -> int:
-    """``s3xfs warm``: every mistake is found before anything is read, and is one line with exit 2.
-
-    UsageError is handled here rather than by ``cli.main``: run as ``python -m s3xfs.cli`` that
-    module is ``__main__``, whose UsageError is another class than the one imported here.
-    """
+    """``s3xfs warm``: every mistake is found before anything is read, and is one line with exit 2."""
     try:
         jobs = _positive_int(args.jobs, "--jobs", 1, 256)
         interval = _seconds(args.interval, "--interval", False)

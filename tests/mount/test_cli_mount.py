@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.localzone import DIRECTORY_BUCKET as BUCKET, REGION, LocalZone
-from tests.support.mount import force_unmount, mount_env, needs_fuse, s3xfs_command
+from tests.support.mount import daemon_pids, force_unmount, mount_env, needs_fuse, s3xfs_command
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
 
@@ -36,20 +36,6 @@ def mountpoint(tmp_path: Path):
 
 def run(*args: str, env=None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     return subprocess.run(s3xfs_command(*args), env=env or mount_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def daemon_pids(mountpoint: Path) -> list[int]:
-    """PIDs of s3xfs daemons serving ``mountpoint`` (the processes this test started)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"s3xfs.cli" in b" ".join(cmdline) and str(mountpoint).encode() in cmdline:
-                pids.append(int(entry.name))
-    return pids
 
 
 def test_mount_detaches_when_ready_and_unmount_ends_it(server, mountpoint):

@@ -74,6 +74,21 @@ def is_mounted(path: Path) -> bool:
     return os.path.ismount(path)
 
 
+def daemon_pids(mountpoint: Path) -> list[int]:
+    """PIDs of s3xfs daemons (s3xfs mount or mount.s3xfs) serving ``mountpoint``: a test's own
+    processes, since every test mounts on a mount point of its own temporary directory."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(b"s3xfs" in arg for arg in cmdline) and str(mountpoint).encode() in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
 def force_unmount(path: Path) -> None:
     if is_mounted(path):
         subprocess.run(["fusermount3", "-u", "-z", str(path)], capture_output=True)
