@@ -1,5 +1,5 @@
-"""``s3xfs``: mount, unmount, cache, warm, version. Parses and checks everything before the daemon starts, so
-that mistakes get a one-line reason and a non-zero exit instead of a traceback."""
+"""``s3xfs``: mount, unmount, cache, warm, stats, install-helper, version. Parses and checks everything
+before the daemon starts, so that mistakes get a one-line reason and a non-zero exit instead of a traceback."""
 
 from __future__ import annotations
 
@@ -126,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Read files and directories (recursively) through their s3xfs mount, so "
                                       "its --cache holds them; files it holds already are skipped.")
     warm_arguments(warm)
+    from .stats import add_arguments as stats_arguments
+
+    stats = sub.add_parser("stats", help="show a mount's live counters",
+                           description="Show the counters of the daemon serving MOUNTPOINT: requests, bytes, "
+                                       "cache hits, sessions, errors (its owner and root only).")
+    stats_arguments(stats)
     helper = sub.add_parser("install-helper", help="link mount.s3xfs where mount(8) looks for it",
                             description="Link this installation's mount.s3xfs into DIR (default /sbin), so that "
                                         "mount -t s3xfs, fstab lines and systemd .mount units work.")
@@ -266,6 +272,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "unmount":
         return unmount(args.mountpoint)
+    if args.command == "stats":
+        from .stats import stats_command
+
+        return stats_command(args)
     try:
         if args.command == "cache":
             return cache_command(args)

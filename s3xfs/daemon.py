@@ -19,6 +19,7 @@ from pathlib import Path
 import pyfuse3
 import trio
 
+from . import control
 from . import logs
 from .client import errors as client_errors
 from .client.naming import endpoint_for, parse_bucket_name
@@ -169,6 +170,7 @@ def _reason(exc: client_errors.ClientError) -> str:
 
 async def _mount_and_serve(config: MountConfig, fs: Filesystem, ready: Callable[[], None]) -> None:
     ops = FuseOperations(fs)
+    stats_server = control.for_mount(config, ops.stats)  # resolves the mount point before it is mounted
     try:
         pyfuse3.init(ops, str(config.mountpoint), _fuse_options(config))
     except RuntimeError as exc:
@@ -179,6 +181,7 @@ async def _mount_and_serve(config: MountConfig, fs: Filesystem, ready: Callable[
                  config.mountpoint, "read-only" if config.read_only else "read-write")
         async with trio.open_nursery() as nursery:
             fs.attach(nursery)
+            await nursery.start(stats_server.serve)  # `s3xfs stats`; stops with the nursery
             nursery.start_soon(_watch_signals)
             nursery.start_soon(_when_initialized, config, ops, ready)
             await pyfuse3.main()

@@ -2,6 +2,9 @@
 
 Every handler funnels failures through ``core.errors.errno_of`` (the one errno mapping);
 only FUSEError leaves a handler, and ``forget`` never raises (pyfuse3's contract).
+
+Live stats (``s3xfs stats``): requests by FUSE operation, failures by errno (counted in the same
+funnel), bytes read and written. Counters are plain increments on the trio thread.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import functools
 import logging
 import os
 import stat
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -25,16 +29,21 @@ T = TypeVar("T")
 
 
 def _translate(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    name = handler.__name__
+
     @functools.wraps(handler)
-    async def wrapper(*args: Any, **kwargs: Any) -> T:
+    async def wrapper(self: FuseOperations, *args: Any, **kwargs: Any) -> T:
+        self.requests[name] += 1
         try:
-            return await handler(*args, **kwargs)
-        except pyfuse3.FUSEError:
+            return await handler(self, *args, **kwargs)
+        except pyfuse3.FUSEError as exc:
+            self.errors[exc.errno] += 1
             raise
         except Exception as exc:  # noqa: BLE001 - the boundary: everything becomes an errno
             code = errno_of(exc)
+            self.errors[code] += 1
             if code not in (errno.ENOENT, errno.ENODATA, errno.EROFS, errno.EEXIST, errno.ENOTEMPTY, errno.ENOTSUP):
-                log.info("%s failed: %s", handler.__name__, exc)
+                log.info("%s failed: %s", name, exc)
             raise pyfuse3.FUSEError(code) from None
     return wrapper
 
@@ -68,19 +77,34 @@ class FuseOperations(pyfuse3.Operations):
         super().__init__()
         self.fs = fs
         self.initialized = trio.Event()  # set once the kernel's FUSE INIT has been answered
+        self.requests: Counter[str] = Counter()  # by FUSE operation (handler name)
+        self.errors: Counter[int] = Counter()  # by errno; a negative lookup counts as ENOENT
+        self.bytes_read = 0  # returned by read
+        self.bytes_written = 0  # accepted by write
+
+    def stats(self) -> dict[str, Any]:
+        """The adapter's counters and the filesystem's (``Filesystem.stats``), JSON-ready; cheap."""
+        errors = {errno.errorcode.get(code, str(code)): count for code, count in sorted(self.errors.items())}
+        fuse = {"requests": dict(sorted(self.requests.items())), "errors": errors,
+                "bytes_read": self.bytes_read, "bytes_written": self.bytes_written}
+        return {"fuse": fuse, **self.fs.stats()}
 
     def init(self) -> None:
         self.initialized.set()
 
     @_translate
     async def lookup(self, parent_inode: int, name: bytes, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
-        return entry(await self.fs.lookup(parent_inode, os.fsdecode(name)))
+        attrs = await self.fs.lookup(parent_inode, os.fsdecode(name))
+        if attrs.ino == 0:
+            self.errors[errno.ENOENT] += 1  # a negative entry: the caller sees ENOENT
+        return entry(attrs)
 
     @_translate
     async def getattr(self, inode: int, ctx: pyfuse3.RequestContext = None) -> pyfuse3.EntryAttributes:
         return entry(await self.fs.getattr(inode))
 
     async def forget(self, inode_list: list[tuple[int, int]]) -> None:
+        self.requests["forget"] += 1
         try:
             self.fs.forget(inode_list)
         except Exception:  # noqa: BLE001 - forget must never raise
@@ -107,13 +131,17 @@ class FuseOperations(pyfuse3.Operations):
         return pyfuse3.FileInfo(fh=result.fh, keep_cache=result.keep_cache, direct_io=result.direct_io)
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
+        self.requests["read"] += 1
         try:
             data = self.fs.read_buffered(fh, off, size)  # no await when the data is in memory
-            if data is not None:
-                return data
-            return await self.fs.read(fh, off, size)
+            if data is None:
+                data = await self.fs.read(fh, off, size)
         except Exception as exc:  # noqa: BLE001 - inlined _translate: this is the hot path
-            raise pyfuse3.FUSEError(errno_of(exc)) from None
+            code = errno_of(exc)
+            self.errors[code] += 1
+            raise pyfuse3.FUSEError(code) from None
+        self.bytes_read += len(data)
+        return data
 
     @_translate
     async def release(self, fh: int) -> None:
@@ -155,7 +183,9 @@ class FuseOperations(pyfuse3.Operations):
 
     @_translate
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return await self.fs.write(fh, off, buf)
+        written = await self.fs.write(fh, off, buf)
+        self.bytes_written += written
+        return written
 
     @_translate
     async def flush(self, fh: int) -> None:

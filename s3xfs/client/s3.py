@@ -103,8 +103,13 @@ class S3Client:
         self.directory = bucket.directory
         self.read_only = options.read_only
         self.options = options
-        self.requests: Counter[str] = Counter()
+        # Live stats (``s3xfs stats``). Every counter is updated on the trio thread only (before a
+        # worker thread starts, or from what it returned), so plain increments are never lost.
+        self.requests: Counter[str] = Counter()  # requests put on the wire, by S3 operation (each attempt)
+        self.failures: Counter[str] = Counter()  # failed requests, by S3 error code (or Unavailable)
         self.retries = 0
+        self.bytes_received = 0  # bytes of GetObject bodies that arrived
+        self.bytes_sent = 0  # bytes of PutObject (append included) and UploadPart bodies sent (each attempt)
         self._limiter = trio.CapacityLimiter(options.max_connections)
         try:
             boto_session = boto3.session.Session(profile_name=options.profile)
@@ -156,9 +161,13 @@ class S3Client:
 
     # --- the request loop ----------------------------------------------------------------------
 
-    async def _in_thread(self, fn: Callable[[], T], operation: str, session: Session | None = None, key: str | None = None) -> T:
-        """Run one boto3 call in a worker thread; translate its failure into a ClientError."""
-        self.requests[operation] += 1
+    async def _in_thread(self, fn: Callable[[], T], operation: str, session: Session | None = None, key: str | None = None,
+                         *, sent: int = 0, request: bool = True) -> T:
+        """Run one boto3 call in a worker thread; translate its failure into a ClientError.
+        ``sent``: bytes of the request body; ``request``: False for a read of a body already requested."""
+        if request:
+            self.requests[operation] += 1
+            self.bytes_sent += sent
 
         def work() -> T:
             with self._identity.use(session):
@@ -171,8 +180,10 @@ class S3Client:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             code = error.get("Code")
             message = f"{operation} {self.bucket}/{key or ''}: {code} {error.get('Message') or ''}".rstrip()
+            self.failures[code if code and not code.isdigit() else f"HTTP {code or status}"] += 1
             raise errors.from_s3(code, status, message, key) from None
         except _CONNECTION_ERRORS as exc:
+            self.failures["Unavailable"] += 1
             raise errors.Unavailable(f"{operation} {self.bucket}/{key or ''}: {exc}", key=key) from None
         except botocore.exceptions.NoCredentialsError:
             raise errors.AccessDenied(
@@ -181,7 +192,7 @@ class S3Client:
         except botocore.exceptions.ParamValidationError as exc:
             raise errors.InvalidRequest(f"{operation}: {exc}", key=key) from None
 
-    async def _call(self, operation: str, fn: Callable[[], T], key: str | None = None) -> T:
+    async def _call(self, operation: str, fn: Callable[[], T], key: str | None = None, *, sent: int = 0) -> T:
         """One logical request: a session if needed, bounded retries, one retry on a refused token."""
         policy = self.options.retry
         deadline = trio.current_time() + policy.max_elapsed
@@ -189,8 +200,12 @@ class S3Client:
         token_retry_used = False
         while True:
             session = await self.sessions.get() if self.sessions is not None else None
+            started = trio.current_time()
             try:
-                return await self._in_thread(fn, operation, session, key)
+                result = await self._in_thread(fn, operation, session, key, sent=sent)
+                if log.isEnabledFor(logging.DEBUG):  # --debug s3xfs.client: one line per request
+                    log.debug("%s %s: %.1f ms", operation, key or "", (trio.current_time() - started) * 1000)
+                return result
             except errors.ClientError as exc:
                 refused = session is not None and self._session_refused(exc, session)
                 if refused:
@@ -263,9 +278,11 @@ class S3Client:
                 raise
 
         try:
-            return await self._call("GetObject", fetch, key)
+            data = await self._call("GetObject", fetch, key)
         except errors.InvalidRange:
             return b""  # at or past the end of the object: a short read, as read(2) gives
+        self.bytes_received += len(data)
+        return data
 
     async def iter_range(self, key: str, start: int, length: int, *, if_match: str | None = None,
                          chunk_size: int = 1 << 20) -> AsyncIterator[bytes]:
@@ -283,9 +300,11 @@ class S3Client:
             body = response["Body"]
             try:
                 while offset < end:
-                    chunk = await self._in_thread(lambda: body.read(min(chunk_size, end - offset)), "GetObject.read", key=key)
+                    chunk = await self._in_thread(lambda: body.read(min(chunk_size, end - offset)), "GetObject", key=key,
+                                                  request=False)
                     if not chunk:
                         return
+                    self.bytes_received += len(chunk)
                     offset += len(chunk)
                     yield chunk
             except errors.Unavailable:
@@ -324,7 +343,7 @@ class S3Client:
             kwargs["IfMatch"] = _quote_etag(if_match)
         if content_type:
             kwargs["ContentType"] = content_type
-        response = await self._call("PutObject", lambda: self._boto.put_object(**kwargs), key)
+        response = await self._call("PutObject", lambda: self._boto.put_object(**kwargs), key, sent=len(data))
         return PutResult(response["ETag"].strip('"'), len(data))
 
     async def append(self, key: str, data: bytes, *, offset: int, if_match: str | None = None) -> PutResult:
@@ -334,7 +353,7 @@ class S3Client:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": key, "Body": data, "WriteOffsetBytes": offset}
         if if_match:
             kwargs["IfMatch"] = _quote_etag(if_match)
-        response = await self._call("PutObject", lambda: self._boto.put_object(**kwargs), key)
+        response = await self._call("PutObject", lambda: self._boto.put_object(**kwargs), key, sent=len(data))
         return PutResult(response["ETag"].strip('"'), offset + len(data))
 
     async def create_multipart(self, key: str, *, content_type: str | None = None) -> str:
@@ -348,7 +367,7 @@ class S3Client:
     async def upload_part(self, key: str, upload_id: str, number: int, data: bytes) -> str:
         self._writable("UploadPart")
         response = await self._call("UploadPart", lambda: self._boto.upload_part(
-            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data), key)
+            Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=data), key, sent=len(data))
         return response["ETag"].strip('"')
 
     async def complete_multipart(self, key: str, upload_id: str, parts: list[tuple[int, str]], *,
@@ -406,8 +425,12 @@ class S3Client:
         return PutResult(response["CopyObjectResult"]["ETag"].strip('"'), head.size)
 
     def stats(self) -> dict[str, Any]:
-        return {"requests": dict(self.requests), "retries": self.retries,
-                "sessions": self.sessions.stats.snapshot() if self.sessions else None}
+        """A snapshot of the counters (plain, JSON-ready values); cheap, call it on the trio thread."""
+        sessions = None
+        if self.sessions is not None:
+            sessions = {"mode": self.sessions.mode, **self.sessions.stats.snapshot()}
+        return {"requests": dict(self.requests), "failures": dict(self.failures), "retries": self.retries,
+                "bytes_received": self.bytes_received, "bytes_sent": self.bytes_sent, "sessions": sessions}
 
 
 def _read_exactly(body: Any, length: int) -> bytes | bytearray:

@@ -18,8 +18,10 @@ import math
 import os
 import stat
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -117,6 +119,9 @@ class Filesystem:
         self._hidden_logged: set[str] = set()
         # How lookups were answered (for live stats): from the cache, negatively from the cache, or remotely.
         self.counters = {"lookups_remote": 0, "lookups_cached": 0, "lookups_negative_cached": 0, "listings": 0}
+        # Opens, and those that kept the kernel's page cache of the file (same ETag as last time).
+        self.open_counters = {"opens": 0, "opens_kept_cache": 0}
+        self._prefetch_closed: Counter[str] = Counter()  # read-ahead stats of handles already released
         # --cache: data blocks and metadata on disk (None: memory only).
         self.cache = cache
         self.blocks = BlockCache(cache, options.cache_block_size) if cache is not None else None
@@ -499,6 +504,9 @@ class Filesystem:
         direct = bool(flags & getattr(os, "O_DIRECT", 0))
         keep_cache = not direct and not inode.pinned and inode.cached_etag == inode.etag
         inode.cached_etag = None if direct or inode.pinned else inode.etag
+        self.open_counters["opens"] += 1
+        if keep_cache:
+            self.open_counters["opens_kept_cache"] += 1
         if writable and flags & os.O_TRUNC:
             async with self._lock(inode):
                 await self._truncate(inode, 0, rdwr=access == os.O_RDWR)
@@ -557,6 +565,7 @@ class Filesystem:
         if handle is None:
             return
         if handle.prefetcher is not None:
+            self._prefetch_closed.update(handle.prefetcher.stats)  # now: stats() no longer sees the handle
             await handle.prefetcher.close()
         inode = handle.inode
         if handle.writable:
@@ -966,6 +975,36 @@ class Filesystem:
         if inode.is_dir:
             return None
         return {"etag": inode.etag, "storage_class": inode.storage_class, "checksum": inode.checksum}.get(name)
+
+    def stats(self) -> dict[str, Any]:
+        """The live counters of the filesystem and the layers below it, as plain JSON-ready values
+        (for ``s3xfs stats``). Synchronous and cheap: call it on the trio thread."""
+        client_stats = getattr(self.client, "stats", None)
+        client: dict[str, Any] = client_stats() if callable(client_stats) else {
+            "requests": dict(getattr(self.client, "requests", {}))}
+        prefetch = Counter(self._prefetch_closed)
+        for handle in self._files.values():
+            if handle.prefetcher is not None:
+                prefetch.update(handle.prefetcher.stats)
+        cache = None
+        if self.cache is not None and self.blocks is not None and self.metadata is not None:
+            cache = {"directory": str(self.cache.directory), "size_limit": self.cache.size_limit,
+                     "block_size": self.blocks.block_size, "blocks": dict(self.blocks.stats),
+                     "metadata": dict(self.metadata.stats), "errors": self.cache.errors}
+        return {
+            "s3": {"requests": client.get("requests", {}), "failures": client.get("failures", {}),
+                   "retries": client.get("retries", 0), "bytes_received": client.get("bytes_received", 0),
+                   "bytes_sent": client.get("bytes_sent", 0)},
+            "sessions": client.get("sessions"),
+            "lookups": dict(self.counters),
+            "opens": dict(self.open_counters),
+            "prefetch": {key: prefetch[key] for key in sorted(prefetch)},
+            "cache": cache,
+            "memory": {"read_buffer_used": self.budget.used, "read_buffer_peak": self.budget.peak,
+                       "read_buffer_limit": self.budget.limit, "write_buffer_used": self.write_budget.used,
+                       "write_buffer_limit": self.write_budget.limit},
+            "handles": {"files": len(self._files), "directories": len(self._dirs), "inodes": len(self.inodes)},
+        }
 
     async def close(self) -> None:
         """Unmounting: stop read-ahead, and try once more to commit what is still being written."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
 import zlib
 from collections import Counter
@@ -46,7 +47,10 @@ class BlockCache:
             raise ValueError("the block size must be positive")
         self.store = store
         self.block_size = block_size
+        # Updated by the worker threads of several reads at once: increments are made under this
+        # lock (a dict's ``+=`` is not atomic across threads), once per call; reading is lock-free.
         self.stats: Counter[str] = Counter()
+        self._stats_lock = threading.Lock()
         self._touched: list[int] = []  # rowids of hits whose access time is not recorded yet
 
     def _key(self, key: str, etag: str, size: int, index: int) -> str:
@@ -58,24 +62,29 @@ class BlockCache:
     def load(self, key: str, etag: str, size: int, indexes: range) -> list[memoryview | None]:
         """The verified data of each block, or None where it is missing or was corrupt (then deleted)."""
         found: list[memoryview | None] = []
+        corrupt = 0
         for index in indexes:
             name = self._key(key, etag, size, index)
             raw = self.store.guard(self._read, name)
             if raw is None:
-                self.stats["block_misses"] += 1
                 found.append(None)
                 continue
             data = memoryview(raw)[HEADER:] if isinstance(raw, bytes) else None  # not ours: corrupt
             if data is None or len(data) != self.block_length(size, index) or _crc(data) != bytes(raw[:HEADER]):
-                self.stats["blocks_corrupt"] += 1
+                corrupt += 1
                 log.warning("cached block %d of %s (ETag %s) failed its checksum: dropped, fetching it again",
                             index, key, etag)
                 self.store.guard(self.store.cache.delete, name)
                 found.append(None)
                 continue
-            self.stats["block_hits"] += 1
             found.append(data)
+        hits = sum(piece is not None for piece in found)
+        self._count(block_hits=hits, block_misses=len(found) - hits - corrupt, blocks_corrupt=corrupt)
         return found
+
+    def _count(self, **amounts: int) -> None:
+        with self._stats_lock:
+            self.stats.update(amounts)
 
     def _read(self, name: str) -> object:
         """A stored value, read without a write transaction.
@@ -128,7 +137,7 @@ class BlockCache:
             stored = self.store.guard(self.store.cache.set, self._key(key, etag, size, index),
                                       _crc(block) + block, tag=self.store.tag)
             if stored:
-                self.stats["blocks_stored"] += 1
+                self._count(blocks_stored=1)
             offset += length
             index += 1
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -59,7 +60,8 @@ class MetadataCache:
     def __init__(self, store: CacheStore, ttl: float) -> None:
         self.store = store
         self.ttl = ttl
-        self.stats: Counter[str] = Counter()
+        self.stats: Counter[str] = Counter()  # updated from worker threads: under the lock
+        self._stats_lock = threading.Lock()
 
     def remaining(self, fetched_at: float, now: float | None = None) -> float:
         """Seconds an entry fetched at ``fetched_at`` is still good for (<= 0: expired)."""
@@ -95,12 +97,16 @@ class MetadataCache:
         try:
             if value is not None and self.remaining(value["t"]) > 0:
                 result = decode(value)
-                self.stats[restored] += 1
+                self._count(restored)
                 return result
         except (KeyError, TypeError, ValueError):
             self.store.guard(self.store.cache.delete, name)
-        self.stats[missed] += 1
+        self._count(missed)
         return None
+
+    def _count(self, name: str) -> None:
+        with self._stats_lock:
+            self.stats[name] += 1
 
     def load_listing(self, prefix: str) -> Listing | None:
         """The stored listing of ``prefix`` if it is still within the TTL."""

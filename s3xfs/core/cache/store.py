@@ -26,6 +26,7 @@ import os
 import shutil
 import sqlite3
 import stat
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -129,7 +130,8 @@ class CacheStore:
         self.cache = open_cache(self.directory, self.size_limit)
         self.limiter = trio.CapacityLimiter(DISK_THREADS)
         self._failures_logged: set[str] = set()
-        self.errors = 0
+        self.errors = 0  # failed cache calls (any thread: counted under the lock)
+        self._errors_lock = threading.Lock()
         self.backlog = MemoryBudget(WRITE_BACKLOG)
         self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...], int]] = deque()
         self._queued = trio.Event()
@@ -200,7 +202,8 @@ class CacheStore:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - see the docstring
-            self.errors += 1
+            with self._errors_lock:
+                self.errors += 1
             kind = type(exc).__name__
             if kind not in self._failures_logged:
                 self._failures_logged.add(kind)
