@@ -158,7 +158,7 @@ def mount_config(args: argparse.Namespace, *, sloppy: bool = False, program: str
         raise UsageError(f"mount point {mountpoint} does not exist")
     if not mountpoint.is_dir():
         raise UsageError(f"mount point {mountpoint} is not a directory")
-    if os.path.ismount(mountpoint):
+    if _top_mount_type(mountpoint) not in (None, "autofs"):  # a systemd .automount waits for us there
         raise UsageError(f"mount point {mountpoint} is busy: something is already mounted there")
     level = (args.log_level or MountConfig.log_level).upper()
     if level not in LOG_LEVELS:
@@ -187,6 +187,20 @@ def mount_config(args: argparse.Namespace, *, sloppy: bool = False, program: str
         debug_modules=debug_modules, kernel_flags=tuple(folded.kernel_flags),
         fsname=_fsname(args.source),
     )
+
+
+def _top_mount_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """The type of the filesystem mounted last on ``path`` (None: nothing). Read from the mount table,
+    because a stat() could trigger the automount that is waiting for this very mount."""
+    found = None
+    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as table:
+        for line in table:
+            fields = line.split()
+            separator = fields.index("-")
+            point = re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), fields[4])
+            if point == os.path.realpath(path):
+                found = fields[separator + 1]
+    return found
 
 
 def _fsname(source: str) -> str:

@@ -55,7 +55,6 @@ def run(config: MountConfig) -> int:
         os.close(write_end)
         return _wait_for_child(read_end, pid)
     os.close(read_end)
-    os.setsid()
     _start_logging(config, detached=True)
     keep_freed_buffers()
     status = 1
@@ -78,6 +77,9 @@ def _report(fd: int, message: str) -> None:
         pass
     if message == "ready":
         _detach_stdio()
+        # Leave the caller's session only now: under a systemd .automount, autofs lets through only
+        # the process group that is mounting; a new session before the mount would wait on itself.
+        os.setsid()
 
 
 def _detach_stdio() -> None:
