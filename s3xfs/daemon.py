@@ -39,21 +39,22 @@ class MountFailed(Exception):
     """The mount cannot be made; the message is the one line the user sees."""
 
 
-def run(config: MountConfig) -> int:
+def run(config: MountConfig, program: str = "s3xfs") -> int:
+    """Mount and serve; ``program`` names the command in the one-line failure (s3xfs or mount.s3xfs)."""
     if config.foreground:
         _start_logging(config, detached=False)
         keep_freed_buffers()
         try:
             trio.run(serve, config, lambda: None)
         except MountFailed as exc:
-            print(f"s3xfs: {exc}", file=sys.stderr)
+            print(f"{program}: {exc}", file=sys.stderr)
             return 1
         return 0
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid:
         os.close(write_end)
-        return _wait_for_child(read_end, pid)
+        return _wait_for_child(read_end, pid, program)
     os.close(read_end)
     _start_logging(config, detached=True)
     keep_freed_buffers()
@@ -89,16 +90,16 @@ def _detach_stdio() -> None:
     os.close(devnull)
 
 
-def _wait_for_child(fd: int, pid: int) -> int:
+def _wait_for_child(fd: int, pid: int, program: str) -> int:
     with os.fdopen(fd, "rb") as pipe:
         line = pipe.readline().decode(errors="replace").strip()
     if line == "ready":
         return 0
     if line.startswith("error "):
-        print(f"s3xfs: {line[len('error '):]}", file=sys.stderr)
+        print(f"{program}: {line[len('error '):]}", file=sys.stderr)
     else:
         _, status = os.waitpid(pid, 0)
-        print(f"s3xfs: the daemon exited (status {status}) before the mount was ready; see its log", file=sys.stderr)
+        print(f"{program}: the daemon exited (status {status}) before the mount was ready; see its log", file=sys.stderr)
     return 1
 
 

@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from .daemon import run  # imports pyfuse3/boto3: only once the arguments are known good
 
-    return 0 if run(config) == 0 else EXIT_MOUNT_FAILED
+    return 0 if run(config, NAME) == 0 else EXIT_MOUNT_FAILED
 
 
 def _script() -> Path:

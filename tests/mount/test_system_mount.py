@@ -159,6 +159,7 @@ def test_mount_failures_use_mounts_exit_codes(helper, server, mountpoints):
     assert subprocess.run(["umount", str(target)], capture_output=True).returncode == 0
     no_bucket = _mount("-t", "s3xfs", "-o", _where(server), "other--usw2-az1--x-s3", str(target))
     assert no_bucket.returncode == 32 and "other--usw2-az1--x-s3" in no_bucket.stderr
+    assert no_bucket.stderr.startswith("mount.s3xfs: ")
     assert not is_mounted(target)
     fake = _mount("-f", "-t", "s3xfs", "-o", _where(server), BUCKET, str(target))
     assert fake.returncode == 0 and not is_mounted(target)
