@@ -18,6 +18,7 @@ from .config import INDEFINITE, MountConfig, default_staging_dir
 from .logs import LEVELS as LOG_LEVELS
 from .logs import parse_debug_modules
 from .mount_options import OptionError, fold
+from .mount_table import mounted_on, read_mountinfo
 
 SIZE_SUFFIXES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 MIN_PART_SIZE = 1024 * 1024  # below this, per-request overhead dominates reads
@@ -158,7 +159,9 @@ def mount_config(args: argparse.Namespace, *, sloppy: bool = False, program: str
         raise UsageError(f"mount point {mountpoint} does not exist")
     if not mountpoint.is_dir():
         raise UsageError(f"mount point {mountpoint} is not a directory")
-    if _top_mount_type(mountpoint) not in (None, "autofs"):  # a systemd .automount waits for us there
+    # From the mount table: a stat() could trigger the systemd .automount that waits for this mount.
+    top = mounted_on(os.path.realpath(mountpoint), read_mountinfo())
+    if top is not None and top.fstype != "autofs":  # autofs there: systemd waits for us, not busy
         raise UsageError(f"mount point {mountpoint} is busy: something is already mounted there")
     level = (args.log_level or MountConfig.log_level).upper()
     if level not in LOG_LEVELS:
@@ -187,20 +190,6 @@ def mount_config(args: argparse.Namespace, *, sloppy: bool = False, program: str
         debug_modules=debug_modules, kernel_flags=tuple(folded.kernel_flags),
         fsname=_fsname(args.source),
     )
-
-
-def _top_mount_type(path: Path, mountinfo: str = "/proc/self/mountinfo") -> str | None:
-    """The type of the filesystem mounted last on ``path`` (None: nothing). Read from the mount table,
-    because a stat() could trigger the automount that is waiting for this very mount."""
-    found = None
-    with open(mountinfo, encoding="utf-8", errors="surrogateescape") as table:
-        for line in table:
-            fields = line.split()
-            separator = fields.index("-")
-            point = re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), fields[4])
-            if point == os.path.realpath(path):
-                found = fields[separator + 1]
-    return found
 
 
 def _fsname(source: str) -> str:

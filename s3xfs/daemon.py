@@ -30,6 +30,7 @@ from .core.fs import Filesystem, FsOptions
 from .fuse_ops import FuseOperations
 from .logs import LogControl
 from .malloc_tuning import keep_freed_buffers
+from .mount_table import mounted_on, read_mountinfo
 from .notify import notify
 
 log = logging.getLogger("s3xfs")
@@ -234,19 +235,16 @@ def _raise_read_ahead(config: MountConfig) -> None:
 
     The FUSE bdi starts at 128 KiB; each request costs Python overhead, so larger requests are
     the single biggest throughput lever. Needs write access to sysfs (root); skipped otherwise.
-    The device number comes from /proc/self/mountinfo: a stat() of the mount point would call
-    into this very filesystem before it serves.
+    The device number comes from the mount table: a stat() of the mount point would call into
+    this very filesystem before it serves (so only its parent is resolved).
     """
-    target = str(config.mountpoint)
+    target = os.path.join(os.path.realpath(config.mountpoint.parent), config.mountpoint.name)
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
-            for line in mountinfo:
-                fields = line.split()
-                point = fields[4].encode().decode("unicode_escape")
-                if point == target:
-                    device = fields[2]
-            path = Path(f"/sys/class/bdi/{device}/read_ahead_kb")
+        entry = mounted_on(target, read_mountinfo())
+        if entry is None:
+            raise OSError(f"{target} is not in the mount table")
+        path = Path(f"/sys/class/bdi/{entry.device}/read_ahead_kb")
         path.write_text(str(config.read_ahead_kb))
         log.debug("read-ahead of %s set to %s KiB", target, path.read_text().strip())
-    except (OSError, UnboundLocalError, IndexError) as exc:
+    except OSError as exc:
         log.debug("could not raise read-ahead of %s: %s", target, exc)

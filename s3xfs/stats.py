@@ -12,13 +12,12 @@ import argparse
 import errno
 import json
 import os
-import re
 import socket
 import sys
-from dataclasses import dataclass, field
 from typing import Any
 
-FSTYPE = "fuse.s3xfs"  # the daemon mounts with subtype=s3xfs
+from .mount_table import FSTYPE, MountEntry, parse_mountinfo, read_mountinfo
+
 TIMEOUT = 5.0  # seconds to connect, send the request and receive the answer
 MAX_REPLY = 16 << 20  # bytes: far more than any answer; a bound against a misbehaving peer
 
@@ -30,46 +29,6 @@ class StatsError(Exception):
 # --- finding the mount -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MountEntry:
-    mountpoint: str
-    fstype: str
-    source: str
-    options: dict[str, str] = field(default_factory=dict)  # the superblock options (FUSE: user_id=...)
-
-    @property
-    def owner(self) -> int | None:
-        """The uid of the process that made a FUSE mount (its ``user_id``), if the table says."""
-        value = self.options.get("user_id", "")
-        return int(value) if value.isdigit() else None
-
-
-def _unescape(text: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal (``\\040``)."""
-    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), text)
-
-
-def parse_mountinfo(text: str) -> list[MountEntry]:
-    """The entries of /proc/self/mountinfo, in mount order."""
-    entries = []
-    for line in text.splitlines():
-        before, sep, after = line.partition(" - ")
-        fields, tail = before.split(), after.split()
-        if not sep or len(fields) < 5 or len(tail) < 2:
-            continue
-        options = {}
-        for item in (tail[2] if len(tail) > 2 else "").split(","):
-            name, _, value = item.partition("=")
-            options[name] = value
-        entries.append(MountEntry(_unescape(fields[4]), tail[0], _unescape(tail[1]), options))
-    return entries
-
-
-def _read_mountinfo() -> str:
-    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
-        return table.read()
-
-
 def find_mount(path: str, mountinfo: str | None = None) -> MountEntry:
     """The s3xfs mount whose mount point is ``path``; StatsError for anything else.
 
@@ -79,7 +38,7 @@ def find_mount(path: str, mountinfo: str | None = None) -> MountEntry:
     """
     absolute = os.path.abspath(path)
     table: dict[str, MountEntry] = {}
-    for entry in parse_mountinfo(_read_mountinfo() if mountinfo is None else mountinfo):
+    for entry in read_mountinfo() if mountinfo is None else parse_mountinfo(mountinfo):
         table[entry.mountpoint] = entry  # stacked mounts: the later one is the one visible
     head, name = os.path.split(absolute)
     candidates = [os.path.join(os.path.realpath(head), name)] if name else []

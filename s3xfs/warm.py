@@ -26,21 +26,20 @@ import argparse
 import errno
 import io
 import os
-import re
 import stat
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from .cli import UsageError, _positive_int, _seconds
+from .mount_table import FSTYPE, mount_of, parse_mountinfo, read_mountinfo
 from .progress import Progress, human_bytes, human_duration
 
 T = TypeVar("T")
 
-FSTYPE = "fuse.s3xfs"  # the daemon mounts with subtype=s3xfs
 XATTR_LIMIT = "user.s3xfs.cache_limit"  # answered by the mount root only with --cache
 XATTR_CACHED = "user.s3xfs.cached"  # bytes of the file's current version in the cache
 CHUNK = 1 << 20  # the kernel's largest FUSE read on these mounts: fewer, fuller requests
@@ -63,42 +62,6 @@ def headroom(limit: int) -> int:
 # --- finding the mount ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class MountEntry:
-    mountpoint: str
-    fstype: str
-
-
-def _unescape(text: str) -> str:
-    """mountinfo escapes space, tab, newline and backslash as octal (``\\040``)."""
-    return re.sub(r"\\([0-7]{3})", lambda match: chr(int(match.group(1), 8)), text)
-
-
-def parse_mountinfo(text: str) -> list[MountEntry]:
-    """The mount points and filesystem types of /proc/self/mountinfo, in mount order."""
-    entries = []
-    for line in text.splitlines():
-        fields = line.split()
-        if " - " not in line or len(fields) < 5:
-            continue
-        after = line.split(" - ", 1)[1].split()
-        if after:
-            entries.append(MountEntry(_unescape(fields[4]), after[0]))
-    return entries
-
-
-def mount_of(path: str, entries: Iterable[MountEntry]) -> MountEntry | None:
-    """The mount that holds the absolute, resolved ``path``: the longest mount point above it
-    (the later one when two are stacked on the same point, as that is the one visible)."""
-    best: MountEntry | None = None
-    for entry in entries:
-        point = entry.mountpoint.rstrip("/") or "/"
-        inside = path == point or path.startswith(point + "/") or point == "/"
-        if inside and (best is None or len(point) >= len(best.mountpoint.rstrip("/") or "/")):
-            best = entry
-    return best
-
-
 @dataclass
 class Mount:
     """An s3xfs mount with a disk cache, and the budget of this run against its cap."""
@@ -111,10 +74,7 @@ class Mount:
 
 def find_mount(path: str, mounts: dict[str, Mount], mountinfo: str | None = None) -> Mount:
     """The s3xfs mount holding ``path`` (which must exist); UsageError for anything else."""
-    if mountinfo is None:
-        with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as table:
-            mountinfo = table.read()
-    entry = mount_of(path, parse_mountinfo(mountinfo))
+    entry = mount_of(path, read_mountinfo() if mountinfo is None else parse_mountinfo(mountinfo))
     if entry is None or entry.fstype != FSTYPE:
         where = f" (it is on {entry.mountpoint}, type {entry.fstype})" if entry is not None else ""
         raise UsageError(f"{path} is not inside an s3xfs mount{where}")

@@ -18,7 +18,8 @@ import trio
 from s3xfs import control
 from s3xfs.client.memory import MemoryClient
 from s3xfs.control import ControlServer, socket_address
-from s3xfs.stats import MountEntry, StatsError, ask, find_mount, parse_mountinfo, render, size
+from s3xfs.mount_table import MountEntry, parse_mountinfo
+from s3xfs.stats import StatsError, ask, find_mount, render, size
 from tests.support.core import run_filesystem
 
 NOBODY = 65534

@@ -138,15 +138,14 @@ def test_install_helper_command_reports_mistakes(tmp_path):
     assert result.returncode == 2 and "is not a directory" in result.stderr
 
 
-def test_busy_means_a_mount_other_than_a_waiting_automount(tmp_path):
-    from s3xfs.cli import _top_mount_type
+def test_busy_means_a_mount_other_than_a_waiting_automount():
+    from s3xfs.mount_table import mounted_on, parse_mountinfo
 
-    table = tmp_path / "mountinfo"
-    table.write_text(
+    table = parse_mountinfo(
         "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n"
         "40 22 0:35 / /mnt/data\\040set rw shared:20 - autofs systemd-1 rw,fd=40\n"
         "41 22 0:36 / /mnt/other rw shared:21 - autofs systemd-1 rw,fd=41\n"
         "42 41 0:37 / /mnt/other rw,nosuid,nodev shared:22 - fuse.s3xfs bucket rw,user_id=0\n")
-    assert _top_mount_type(Path("/mnt/data set"), str(table)) == "autofs"  # systemd waits for us: not busy
-    assert _top_mount_type(Path("/mnt/other"), str(table)) == "fuse.s3xfs"  # mounted over the automount
-    assert _top_mount_type(Path("/mnt/none"), str(table)) is None
+    assert mounted_on("/mnt/data set", table).fstype == "autofs"  # systemd waits for us: not busy
+    assert mounted_on("/mnt/other", table).fstype == "fuse.s3xfs"  # mounted over the automount
+    assert mounted_on("/mnt/none", table) is None

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from s3xfs.core.cache import store
-from s3xfs.warm import Item, Mount, headroom, make_plan, mount_of, parse_mountinfo
+from s3xfs.mount_table import mount_of, parse_mountinfo
+from s3xfs.warm import Item, Mount, headroom, make_plan
 from tests.support.localzone import DIRECTORY_BUCKET as BUCKET, LocalZone
 from tests.support.mount import needs_fuse
 
