@@ -50,7 +50,10 @@ def raw_request(address: bytes, data: bytes, *, shut: bool = False) -> dict[str,
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(10)
         sock.connect(address)
-        sock.sendall(data)
+        try:
+            sock.sendall(data)
+        except BrokenPipeError:
+            pass  # a refusal closes the connection at once, maybe before we sent: its answer is still there
         if shut:
             sock.shutdown(socket.SHUT_WR)
         reply = b""
