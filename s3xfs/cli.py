@@ -8,6 +8,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from .client.naming import NamingError, check_endpoint_override, check_region, p
 from .config import INDEFINITE, MountConfig, default_staging_dir
 from .logs import LEVELS as LOG_LEVELS
 from .logs import parse_debug_modules
-from .mount_options import OptionError, fold
+from .mount_options import VALUE_OPTIONS, OptionError, fold
 from .mount_table import mounted_on, read_mountinfo
 
 SIZE_SUFFIXES = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
@@ -29,6 +30,11 @@ MAX_CACHE_BLOCK = 16 * 1024 * 1024  # above this, one random read caches far mor
 
 class UsageError(Exception):
     """A mistake in what the user asked for; printed as one line."""
+
+    def __str__(self) -> str:
+        # Paths and values are quoted as given: a newline or an escape sequence in them must not
+        # split the message or reach the terminal raw.
+        return "".join(c if c.isprintable() else repr(c)[1:-1] for c in super().__str__())
 
 
 def _seconds(text: str, what: str, allow_indefinite: bool) -> float:
@@ -50,8 +56,13 @@ def _mode(text: str, what: str) -> int:
     return int(text, 8)
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: str.isdigit() also says yes to '²' or '٣', which int() then refuses or misreads."""
+    return text.isascii() and text.isdigit()
+
+
 def _id(text: str, what: str) -> int:
-    if not text.isdigit() or int(text) > 2**32 - 2:
+    if not _digits(text) or int(text) > 2**32 - 2:
         raise UsageError(f"{what} must be a numeric id, not {text!r}")
     return int(text)
 
@@ -64,7 +75,7 @@ def _size(text: str, what: str) -> int:
 
 
 def _positive_int(text: str, what: str, low: int, high: int) -> int:
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not _digits(text) or not low <= int(text) <= high:
         raise UsageError(f"{what} must be a whole number from {low} to {high}, not {text!r}")
     return int(text)
 
@@ -144,10 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def mount_config(args: argparse.Namespace, *, sloppy: bool = False, program: str = "s3xfs") -> MountConfig:
     """Check every mount option and build the config; ``sloppy`` (mount(8)'s -s) ignores unknown -o items."""
+    if not all(isinstance(group, str) for group in args.o):  # argparse makes `-o=--` a list
+        raise UsageError("-o needs a value: -o KEY[=VALUE],...")
     try:
         folded = fold(args, args.o, sloppy=sloppy, warn=lambda text: print(f"{program}: {text}", file=sys.stderr))
     except OptionError as exc:
         raise UsageError(str(exc)) from None
+    for key in sorted(VALUE_OPTIONS):  # argparse takes '' as a value (and `--key=--` as []): never "the default"
+        value = getattr(args, key.replace("-", "_"), None)
+        if value is not None and (not isinstance(value, str) or value == ""):
+            raise UsageError(f"--{key} needs a value, not an empty one")
     try:
         source = parse_mount_source(args.source, args.prefix)
         region = check_region(args.region) if args.region else region_for(source.bucket, None)
@@ -155,9 +172,13 @@ def mount_config(args: argparse.Namespace, *, sloppy: bool = False, program: str
     except NamingError as exc:
         raise UsageError(str(exc).rstrip(".")) from None
     mountpoint = Path(args.mountpoint).absolute()
-    if not mountpoint.exists():
-        raise UsageError(f"mount point {mountpoint} does not exist")
-    if not mountpoint.is_dir():
+    try:
+        info = mountpoint.stat()
+    except (FileNotFoundError, NotADirectoryError):
+        raise UsageError(f"mount point {mountpoint} does not exist") from None
+    except OSError as exc:  # a name too long, a loop of links, a directory we may not search
+        raise UsageError(f"mount point {mountpoint}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
         raise UsageError(f"mount point {mountpoint} is not a directory")
     # From the mount table: a stat() could trigger the systemd .automount that waits for this mount.
     top = mounted_on(os.path.realpath(mountpoint), read_mountinfo())
@@ -217,6 +238,8 @@ def _cache_options(args: argparse.Namespace) -> tuple[Path | None, int | None, i
         directory = prepare_directory(Path(args.cache))
     except CacheDirError as exc:
         raise UsageError(str(exc)) from None
+    except OSError as exc:  # e.g. an existing directory we cannot list
+        raise UsageError(f"cannot use cache directory {args.cache}: {exc.strerror}") from None
     return directory, size, block
 
 

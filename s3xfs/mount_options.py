@@ -57,12 +57,14 @@ def split(values: list[str]) -> list[str]:
 
 def fold(args: argparse.Namespace, values: list[str], *, sloppy: bool = False,
          warn: Callable[[str], None] | None = None) -> FoldedOptions:
-    """Fold ``-o`` items into the parsed long options; an explicit long option wins over its ``-o`` key.
+    """Fold ``-o`` items into the parsed long options; an explicit long option wins over its ``-o`` key,
+    and among ``-o`` items the last wins (mount(8) appends ``mount -o`` options to the fstab line's).
 
     ``sloppy`` (mount(8)'s ``-s``) turns unknown items into a warning instead of an error.
     """
     folded = FoldedOptions()
     explicit = {attr for attr, _ in FLAG_OPTIONS.values() if getattr(args, attr, None) is not None}
+    explicit |= {key.replace("-", "_") for key in VALUE_OPTIONS if getattr(args, key.replace("-", "_"), None) is not None}
     for item in split(values):
         name, has_value, value = item.partition("=")
         if name in MOUNT_TOOL_OPTIONS or item.startswith(MOUNT_TOOL_PREFIXES):
@@ -76,11 +78,11 @@ def fold(args: argparse.Namespace, values: list[str], *, sloppy: bool = False,
             attr, flag = FLAG_OPTIONS[key]
             if attr not in explicit:  # among -o items the last wins (ro,rw is rw), as in mount(8)
                 setattr(args, attr, flag)
-        elif key in VALUE_OPTIONS and has_value:
+        elif key in VALUE_OPTIONS and value:
             attr = key.replace("-", "_")
-            if getattr(args, attr, None) is None:
+            if attr not in explicit:
                 setattr(args, attr, value)
-        elif key in VALUE_OPTIONS:
+        elif key in VALUE_OPTIONS:  # `cache=` must not quietly mean "the current directory", nor `region=` "guess"
             raise OptionError(f"-o {key} needs a value: -o {key}=VALUE")
         elif key in FLAG_OPTIONS or name in KERNEL_FLAGS:
             raise OptionError(f"-o {name} takes no value, not {item!r}")
