@@ -8,6 +8,7 @@ the page cache with ``os.sendfile``, and parsing avoids ``email.parser``.
 from __future__ import annotations
 
 import os
+import re
 import select
 import socket
 import struct
@@ -20,6 +21,7 @@ from urllib.parse import unquote
 MAX_HEADER_BYTES = 64 * 1024  # S3 itself rejects request headers beyond 8 KiB of user metadata
 MAX_HEADERS = 200
 SMALL_FILE_BODY = 256 * 1024  # below this a file body is read and sent with the headers in one write
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110 5.6.2: method names and header names
 
 REASONS = {
     100: "Continue", 200: "OK", 204: "No Content", 206: "Partial Content", 304: "Not Modified",
@@ -98,12 +100,16 @@ def read_request(rfile: BinaryIO, client: str) -> Request | None:
         line = rfile.readline(MAX_HEADER_BYTES + 1)
     if not line:
         return None
-    if len(line) > MAX_HEADER_BYTES or not line.endswith(b"\n"):
+    if len(line) > MAX_HEADER_BYTES:
         raise BadRequest("request line too long")
+    if not line.endswith(b"\n"):
+        raise BadRequest("connection closed inside the request line")
     try:
         method, target, version = line.decode("latin-1").rstrip("\r\n").split(" ")
     except ValueError:
         raise BadRequest("malformed request line") from None
+    if not _TOKEN.fullmatch(method):  # RFC 9110 9.1: a method is a non-empty token
+        raise BadRequest("malformed request method")
     if version not in ("HTTP/1.1", "HTTP/1.0"):
         raise BadRequest(f"unsupported protocol version {version!r}")
     headers: dict[str, str] = {}

@@ -23,7 +23,7 @@ from .body import BodyReader, ChunkSigning, make_body_reader
 from .faults import FaultConfig, FaultInjector
 from .http import BadRequest, Request, Response, http_date, read_request, reset, send_continue, write_response
 from .names import bucket_name_problem, is_directory_bucket, zone_of
-from .operations import BUCKET_MAY_BE_MISSING, HANDLERS, Call
+from .operations import BUCKET_MAY_BE_MISSING, HANDLERS, READS_BODY, Call
 from .principals import Principal
 from .sessions import SessionStore
 from .stats import AccessLog, Stats
@@ -187,6 +187,8 @@ class LocalZone:
                 send_continue(sock)
                 continued = True
             body = make_body_reader(rfile, request.headers, caller.credential.payload_hash, _chunk_signing(caller))
+            if operation not in READS_BODY:
+                _check_unread_body(body)
             call = Call(request, operation, bucket, info, key, request.query(), caller, body, self)
             response = HANDLERS[operation](call)
         except errors.S3Error as exc:
@@ -315,6 +317,14 @@ def _body_length(response: Response) -> int:
     if response.pieces is not None:
         return response.length or 0
     return len(response.body)
+
+
+def _check_unread_body(body: BodyReader) -> None:
+    """S3 verifies the payload of every request against x-amz-content-sha256 (and the framing and
+    chunk signatures of aws-chunked ones): a DELETE or CreateMultipartUpload whose body lies is
+    refused, not carried out because nobody read it. So read and check it before the handler runs."""
+    if len(body.read(DRAIN_LIMIT + 1)) > DRAIN_LIMIT:
+        raise errors.S3Error(400, "MaxMessageLengthExceeded", "Your request was too big.")
 
 
 def _has_body(request: Request) -> bool:

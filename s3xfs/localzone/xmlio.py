@@ -63,7 +63,7 @@ def parse(body: bytes) -> ET.Element:
         raise errors.malformed_xml()  # no entity expansion of any kind
     try:
         root = ET.fromstring(body)
-    except ET.ParseError:
+    except (ET.ParseError, LookupError, ValueError):  # also an unknown or unusable encoding="..." declaration
         raise errors.malformed_xml() from None
     for node in root.iter():
         if isinstance(node.tag, str) and node.tag.startswith("{"):

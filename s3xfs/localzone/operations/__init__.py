@@ -38,5 +38,8 @@ HANDLERS: dict[str, Callable[[Call], Response]] = {
 
 # Operations that name a bucket which need not exist yet.
 BUCKET_MAY_BE_MISSING = frozenset({"CreateBucket", "ListBuckets"})
+# Operations whose handler reads (and so verifies) the request body; the server checks every other
+# request's body itself before the handler runs.
+READS_BODY = frozenset({"PutObject", "UploadPart", "CreateBucket", "DeleteObjects", "CompleteMultipartUpload"})
 
 __all__ = ["HANDLERS", "BUCKET_MAY_BE_MISSING", "Call"]
