@@ -32,7 +32,7 @@ from .errors import FsError
 from .gather import gather
 from .handles import FileHandle, HandleTable
 from .inodes import ROOT_INODE, Inode, InodeTable
-from .names import name_problem
+from .names import KEY_MAX, NAME_MAX, name_problem
 from .prefetch import MemoryBudget, Prefetcher, RangeSource
 from .readdir import DirEntry, DirHandle
 from .upload import AppendUpload, Condition, NotSequential, StagedFile, Staging, StreamUpload, Writer
@@ -587,7 +587,7 @@ class Filesystem:
         """A new, empty file: it exists here at once and in the bucket from its first commit."""
         self._check_writable()
         parent = self._dir(parent_ino)
-        self._check_new_name(name)
+        self._check_new_name(parent, name)
         inode = self.inodes.create_local(parent, name, is_dir=False, key=parent.key + name, mtime=time.time())
         self._listing_add(parent, name)
         access = flags & os.O_ACCMODE
@@ -595,11 +595,15 @@ class Filesystem:
         fh = self._add_handle(inode, None, bool(flags & getattr(os, "O_DIRECT", 0)), access, True)
         return OpenResult(fh, False, False), self._found(inode)
 
-    def _check_new_name(self, name: str) -> None:
-        if len(name.encode()) > 255:
+    def _check_new_name(self, parent: Inode, name: str, *, is_dir: bool = False) -> None:
+        """A name this mount may create: a valid file name whose whole key S3 would accept."""
+        size = len(name.encode("utf-8", "surrogateescape"))
+        if size > NAME_MAX:
             raise FsError(errno.ENAMETOOLONG)
         if name_problem(name) is not None:
             raise FsError(errno.EINVAL, f"{name!r} cannot be an object name")
+        if len(parent.key.encode()) + size + is_dir > KEY_MAX:  # a directory's key ends in '/'
+            raise FsError(errno.ENAMETOOLONG, f"the key of {name!r} would be longer than S3's {KEY_MAX} bytes")
 
     def _new_writer(self, inode: Inode, condition: Condition, *, rdwr: bool) -> Writer:
         """Empty new content: streamed, unless the handle also reads (then random access is likely)."""
@@ -835,7 +839,7 @@ class Filesystem:
         """A local directory; it becomes real in the bucket when a file is written in it."""
         self._check_writable()
         parent = self._dir(parent_ino)
-        self._check_new_name(name)
+        self._check_new_name(parent, name, is_dir=True)
         if await self._find(parent, name) is not None:
             raise FsError(errno.EEXIST)
         inode = self.inodes.create_local(parent, name, is_dir=True, key=parent.key + name + "/", mtime=time.time())
@@ -870,7 +874,7 @@ class Filesystem:
         if flags & RENAME_EXCHANGE:
             raise FsError(errno.EINVAL, "RENAME_EXCHANGE cannot be done atomically on S3")
         old_parent, new_parent = self._dir(old_parent_ino), self._dir(new_parent_ino)
-        self._check_new_name(new)
+        self._check_new_name(new_parent, new)
         source = await self._find(old_parent, old)
         if source is None:
             raise FsError(errno.ENOENT)
