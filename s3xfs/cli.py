@@ -1,4 +1,4 @@
-"""``s3xfs``: mount, unmount, cache, warm, stats, install-helper, version. Parses and checks everything
+"""``s3xfs``: mount, unmount, cache, warm, stats, staging, install-helper, version. Parses and checks everything
 before the daemon starts, so that mistakes get a one-line reason and a non-zero exit instead of a traceback."""
 
 from __future__ import annotations
@@ -144,6 +144,12 @@ def build_parser() -> argparse.ArgumentParser:
                            description="Show the counters of the daemon serving MOUNTPOINT: requests, bytes, "
                                        "cache hits, sessions, errors (its owner and root only).")
     stats_arguments(stats)
+    from .staging_cli import add_arguments as staging_arguments
+
+    staging = sub.add_parser("staging", help="find and recover what a mount left in its staging directory",
+                             description="List, restore or discard the files a mount's --staging-dir holds: "
+                                         "files being written at a crash, data of failed uploads.")
+    staging_arguments(staging)
     helper = sub.add_parser("install-helper", help="link mount.s3xfs where mount(8) looks for it",
                             description="Link this installation's mount.s3xfs into DIR (default /sbin), so that "
                                         "mount -t s3xfs, fstab lines and systemd .mount units work.")
@@ -314,6 +320,10 @@ def main(argv: list[str] | None = None) -> int:
             from .warm import warm_command
 
             return warm_command(args)
+        if args.command == "staging":
+            from .staging_cli import staging_command
+
+            return staging_command(args)
         config = mount_config(args)
     except UsageError as exc:
         print(f"s3xfs: {exc}", file=sys.stderr)

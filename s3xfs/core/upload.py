@@ -13,7 +13,8 @@ once and whole, on close or fsync:
 * :class:`StagedFile` -- everything else (writes into the middle of a file, read-write handles,
   truncation to a size other than 0): the content lives in a local file under the staging
   directory and is uploaded whole on commit. If that upload fails, the file is kept and its path
-  logged, so the data can be recovered.
+  logged, so the data can be recovered; its record (core/staging.py) names its bucket and key,
+  also after a crash (``s3xfs staging list``).
 
 Every commit is conditional: If-Match the ETag the content was based on, or If-None-Match for a
 file that did not exist, so a concurrent change on the server is detected instead of overwritten.
@@ -40,6 +41,7 @@ from ..client import errors as client_errors
 from ..client.protocol import ObjectClient, PutResult
 from .errors import FsError
 from .prefetch import MemoryBudget
+from .staging import RESCUED, STAGED, Record, new_record, remove_with_record, with_base, with_key, write_record
 
 log = logging.getLogger(__name__)
 
@@ -203,11 +205,12 @@ class StreamUpload:
 
     def _keep_for_recovery(self, staging: "Staging", exc: BaseException) -> None:
         if self._upload_id is None:
-            path = staging.save(self.key, bytes(self._buffer))
+            path = staging.save(self.client.bucket, self.key, bytes(self._buffer), based_on=self.condition.if_match)
             log.error("writing %r failed (%s); its %d bytes from offset %d are kept in %s", self.key, exc,
                       len(self._buffer), self._buffer_start, path)
         else:
-            tail = staging.save(self.key, bytes(self._buffer)) if self._buffer else None
+            tail = staging.save(self.client.bucket, self.key, bytes(self._buffer), offset=self._buffer_start,
+                                based_on=self.condition.if_match, upload_id=self._upload_id) if self._buffer else None
             log.error("writing %r failed (%s); the multipart upload %s is kept with parts %s%s: complete it with "
                       "ListParts + CompleteMultipartUpload, or abort it", self.key, exc, self._upload_id,
                       sorted(self._parts), f", and bytes from offset {self._buffer_start} are in {tail}" if tail else "")
@@ -306,7 +309,8 @@ class AppendUpload:
         try:
             await self.flush()
         except (client_errors.ClientError, FsError) as exc:
-            path = staging.save(self.key, bytes(self._buffer))
+            path = staging.save(self.client.bucket, self.key, bytes(self._buffer), offset=self.committed,
+                                based_on=self.etag)
             log.error("appending to %r failed (%s); the %d bytes that were to follow offset %d are kept in %s",
                       self.key, exc, len(self._buffer), self.committed, path)
             self._buffer.clear()
@@ -323,16 +327,41 @@ class StagedFile:
     """The whole content in a local file, uploaded on commit; kept on disk if that fails."""
 
     def __init__(self, client: ObjectClient, key: str, condition: Condition, path: str, fd: int, *, part_size: int,
-                 budget: MemoryBudget) -> None:
+                 budget: MemoryBudget, record: Record | None = None) -> None:
         self.client = client
-        self.key = key
-        self.condition = condition
+        self._key = key
+        self._condition = condition
+        self.record = record  # what ties the file to its key after a crash (core/staging.py); kept current
         self.path = path
         self.part_size = part_size
         self.budget = budget
         self.size = 0
         self.dirty = False
         self._fd = fd
+
+    @property
+    def key(self) -> str:
+        return self._key
+
+    @key.setter
+    def key(self, key: str) -> None:
+        """The file was renamed: so is its record."""
+        if key != self._key and self.record is not None and self._fd >= 0:
+            self.record = with_key(self.record, key)
+            write_record(self.path, self.record, self._fd)
+        self._key = key
+
+    @property
+    def condition(self) -> Condition:
+        return self._condition
+
+    @condition.setter
+    def condition(self, condition: Condition) -> None:
+        """A commit stored the content: the record names the ETag it now replaces."""
+        if condition.if_match != self._condition.if_match and self.record is not None and self._fd >= 0:
+            self.record = with_base(self.record, condition.if_match)
+            write_record(self.path, self.record, self._fd)
+        self._condition = condition
 
     async def fill_from(self, key: str, size: int, etag: str) -> None:
         """Copy the object's current content (pinned to its ETag) into the file."""
@@ -365,6 +394,10 @@ class StagedFile:
         self.condition = Condition(if_match=result.etag)
         self.dirty = False
         return result
+
+    async def upload(self) -> PutResult:
+        """Store the content as it is, under the current condition (``s3xfs staging restore``)."""
+        return await self._upload()
 
     async def _upload(self) -> PutResult:
         part = upload_part_size(self.part_size, self.size)
@@ -416,10 +449,7 @@ class StagedFile:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-            try:
-                os.unlink(self.path)
-            except FileNotFoundError:
-                pass
+            remove_with_record(self.path)
 
     def keep(self) -> str:
         """Close the local file but leave it on disk (an upload failed); its path."""
@@ -433,7 +463,8 @@ Writer = StreamUpload | AppendUpload | StagedFile
 
 
 class Staging:
-    """The staging directory: private (0700), one file per staged or rescued file content."""
+    """The staging directory: private (0700), one file per staged or rescued file content, each
+    with a record of its bucket and key (core/staging.py) so that a crash leaves nothing anonymous."""
 
     def __init__(self, directory: str) -> None:
         self.directory = directory
@@ -461,13 +492,19 @@ class Staging:
                  budget: MemoryBudget) -> StagedFile:
         self._prepare()
         fd, path = tempfile.mkstemp(prefix=self._name(key) + ".", suffix=".s3xfs", dir=self.directory)
-        return StagedFile(client, key, condition, path, fd, part_size=part_size, budget=budget)
+        record = new_record(client.bucket, key, STAGED, based_on=condition.if_match)
+        write_record(path, record, fd)  # before any data: a crash never leaves bytes without their key
+        return StagedFile(client, key, condition, path, fd, part_size=part_size, budget=budget, record=record)
 
-    def save(self, key: str, data: bytes) -> str:
-        """Write rescued bytes of ``key`` to a new file here; its path."""
+    def save(self, bucket: str, key: str, data: bytes, *, offset: int = 0, based_on: str | None = None,
+             upload_id: str | None = None) -> str:
+        """Write rescued bytes of ``key`` to a new file here, with their record (they belong at
+        ``offset``, after ``based_on``, or after the parts of ``upload_id``); its path."""
         self._prepare()
         fd, path = tempfile.mkstemp(prefix=self._name(key) + ".", suffix=".rescued", dir=self.directory)
+        record = new_record(bucket, key, RESCUED, offset=offset, based_on=based_on, upload_id=upload_id)
         try:
+            write_record(path, record, fd, durable=True)
             _pwrite_all(fd, data, 0)
             os.fsync(fd)
         finally:
