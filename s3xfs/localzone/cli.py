@@ -100,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     faults.add_argument("--fault-seed", type=int, metavar="N", help="seed for fault decisions (repeatable runs)")
     parser.add_argument("--access-log", default="-", metavar="PATH",
                         help="where the access log goes: a file, '-' for stderr (default), 'off' for nowhere")
+    parser.add_argument("--expose-sessions", action="store_true",
+                        help="for tests: GET /_localzone/sessions returns every session token and secret issued "
+                             "(so a test can check none leaks); never on an endpoint others can reach")
     parser.add_argument("--fsync", action="store_true", help="fsync object data and the catalogue before acknowledging a write (survive power loss)")
     parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"],
                         help="diagnostic log level on stderr (default: WARNING)")
@@ -147,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                              latency_ms=args.latency_ms, latency_jitter_ms=args.latency_jitter_ms)
         settings = Settings(root=root, host=args.host, port=args.port, region=args.region, buckets=args.bucket,
                             principals=principals, session_ttl=args.session_ttl, faults=faults,
-                            fault_seed=args.fault_seed, access_log=access_log, fsync=args.fsync)
+                            fault_seed=args.fault_seed, access_log=access_log, fsync=args.fsync,
+                            expose_sessions=args.expose_sessions)
         try:
             server = LocalZone(settings)
         except (OSError, sqlite3.Error, RuntimeError, ValueError) as exc:

@@ -51,13 +51,14 @@ class Settings:
     fsync: bool = False
     account_id: str = "123456789012"  # appears in bucket ARNs; the documentation's example account
     idle_timeout: float = 120.0  # seconds a keep-alive connection may sit idle (or a body stall)
+    expose_sessions: bool = False  # testing only: GET /_localzone/sessions returns every credential issued
 
 
 class LocalZone:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = Store(settings.root, fsync=settings.fsync)
-        self.sessions = SessionStore(settings.session_ttl)
+        self.sessions = SessionStore(settings.session_ttl, record=settings.expose_sessions)
         self.stats = Stats()
         self.faults = FaultInjector(settings.faults, settings.fault_seed)
         self.authenticator = Authenticator(settings.region, settings.principals, self.sessions, self.faults)
@@ -297,6 +298,13 @@ class LocalZone:
                 if request.method == "POST":
                     self.faults.config.update(json.loads(data or b"{}"))
                 payload = self.faults.config.as_dict()
+            elif name == "sessions" and request.method == "GET":
+                issued = self.sessions.issued()
+                if issued is None:
+                    status, payload = 403, {"error": "session credentials are exposed only by an endpoint started "
+                                                     "with --expose-sessions (for tests)"}
+                else:
+                    payload = {"sessions": issued}
             elif name == "health" and request.method == "GET":
                 payload = {"ok": True, "region": self.settings.region}
             else:

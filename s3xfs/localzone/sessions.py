@@ -32,12 +32,17 @@ class Session:
 
 
 class SessionStore:
-    """Thread-safe table of live sessions, by token and by session access key."""
+    """Thread-safe table of live sessions, by token and by session access key.
 
-    def __init__(self, ttl: float) -> None:
+    ``record``: also keep every credential ever issued, for ``--expose-sessions`` (tests that check
+    no secret leaks need to know all of them); off by default, so secrets live no longer than needed.
+    """
+
+    def __init__(self, ttl: float, *, record: bool = False) -> None:
         self.ttl = ttl
         self._by_token: dict[str, Session] = {}
         self._lock = threading.Lock()
+        self._issued: list[Session] | None = [] if record else None
 
     def create(self, principal: Principal, bucket: str, mode: str) -> Session:
         now = time.time()
@@ -53,7 +58,17 @@ class SessionStore:
         with self._lock:
             self._purge(now)
             self._by_token[session.token] = session
+            if self._issued is not None:
+                self._issued.append(session)
         return session
+
+    def issued(self) -> list[dict[str, object]] | None:
+        """Every credential issued since start (None unless recording): token, keys, bucket, mode."""
+        if self._issued is None:
+            return None
+        with self._lock:
+            return [{"token": s.token, "access_key": s.access_key, "secret_key": s.secret_key, "bucket": s.bucket,
+                     "mode": s.mode, "expires_at": s.expires_at} for s in self._issued]
 
     def get(self, token: str) -> Session | None:
         with self._lock:
