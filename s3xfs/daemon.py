@@ -42,6 +42,9 @@ class MountFailed(Exception):
 
 def run(config: MountConfig, program: str = "s3xfs") -> int:
     """Mount and serve; ``program`` names the command in the one-line failure (s3xfs or mount.s3xfs)."""
+    # Everything the daemon writes (cache files diskcache makes, staged files, logs) holds bucket
+    # content or names: private to the mount's owner whatever the caller's umask.
+    os.umask(0o077)
     if config.foreground:
         _start_logging(config, detached=False)
         keep_freed_buffers()
