@@ -397,7 +397,7 @@ class Filesystem:
 
     def _listed(self, directory: Inode, dirs: set[str], files: dict[str, ObjectInfo], started: float) -> list[DirEntry]:
         """A complete listing fetched now: the directory's truth for the TTL, also on disk with a cache."""
-        entries = self._apply_listing(directory, dirs, files, self.options.metadata_ttl)
+        entries = self._apply_listing(directory, dirs, files, self.options.metadata_ttl, started=started)
         if self.metadata is not None and self.cache is not None and directory.changed_at < started:
             listing = Listing(started, sorted(dirs), list(files.values()))
             self.cache.queue(self.metadata.save_listing, directory.key, listing)
@@ -436,8 +436,15 @@ class Filesystem:
             self._log_hidden(files.pop(name).key, "a directory of the same name shadows it")
         return dirs, files
 
-    def _apply_listing(self, directory: Inode, dirs: set[str], files: dict[str, ObjectInfo], ttl: float) -> list[DirEntry]:
-        """Make a complete listing the directory's truth for ``ttl`` seconds; its entries for readdir."""
+    def _apply_listing(self, directory: Inode, dirs: set[str], files: dict[str, ObjectInfo], ttl: float, *,
+                       started: float | None = None) -> list[DirEntry]:
+        """Make a complete listing the directory's truth for ``ttl`` seconds; its entries for readdir.
+
+        ``started``: when the listing was asked for (time.time()). If this mount changed the directory
+        since, the bucket may have answered before that change: the listing then only adds names this
+        mount knows nothing of, and is not kept as the directory's truth."""
+        if started is not None and directory.changed_at >= started:
+            return self._apply_raced_listing(directory, dirs, files, ttl)
         entries = [DirEntry(".", directory, False), DirEntry("..", self._inode(directory.parent), False)]
         seen: set[str] = set()
         prefix = directory.key
@@ -460,6 +467,28 @@ class Filesystem:
         directory.listing_expires = self._clock() + ttl
         directory.listing = [entry.name for entry in entries[2:]]
         directory.remote_lookups = 0
+        return entries
+
+    def _apply_raced_listing(self, directory: Inode, dirs: set[str], files: dict[str, ObjectInfo],
+                             ttl: float) -> list[DirEntry]:
+        """A listing that may predate a change of this mount: what this mount knows wins (a file it
+        just committed is not dropped, one it just deleted does not come back); only unknown names
+        are learnt. The next listing or lookup asks the bucket again."""
+        entries = [DirEntry(".", directory, False), DirEntry("..", self._inode(directory.parent), False)]
+        listed = {name: None for name in dirs} | {name: info for name, info in files.items() if name not in dirs}
+        for name, info in listed.items():
+            child = self.inodes.child(directory.ino, name)
+            if child is None:
+                if self.inodes.is_negative(directory.ino, name):
+                    continue  # removed here after the bucket answered
+                if info is None:
+                    child = self.inodes.upsert(directory, name, is_dir=True, key=directory.key + name + "/",
+                                               ttl=ttl, mtime=directory.mtime)
+                else:
+                    child = self._upsert_file(directory, name, info, ttl=ttl)
+            entries.append(DirEntry(name, child, True))
+        entries.extend(DirEntry(child.name, child, True) for child in self.inodes.children(directory.ino)
+                       if child.name not in listed)
         return entries
 
     def readdir(self, fh: int, start: int) -> Iterator[tuple[int, DirEntry]]:
@@ -716,10 +745,17 @@ class Filesystem:
         writer = inode.writer
         if writer is None or not writer.dirty:
             return
-        if self.inodes.child(inode.parent, inode.name) is not inode:
-            await writer.discard()  # unlinked or replaced while open: the content goes nowhere
-            inode.writer = None
-            return
+        current = self.inodes.child(inode.parent, inode.name)
+        if current is not inode:
+            parent = self.inodes.get(inode.parent)
+            if inode.local or current is not None or parent is None:
+                await writer.discard()  # unlinked or replaced while open: the content goes nowhere
+                inode.writer = None
+                return
+            # The name was lost without this mount removing it (a listing that raced with a commit,
+            # a directory of the same name): the file is still ours to store, under its name.
+            log.warning("%r lost its name in the inode table while being written; committing it anyway", inode.key)
+            self.inodes.move(inode, parent, inode.name, inode.key)
         writer.key = inode.key
         result = await writer.commit(self.staging)
         inode.etag, inode.size = result.etag, result.size
