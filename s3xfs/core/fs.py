@@ -33,7 +33,7 @@ from .gather import gather
 from .handles import FileHandle, HandleTable
 from .inodes import ROOT_INODE, Inode, InodeTable
 from .names import KEY_MAX, NAME_MAX, name_problem
-from .prefetch import MemoryBudget, Prefetcher, RangeSource
+from .prefetch import MemoryBudget, Prefetcher, RangeSource, SharedReads
 from .readdir import DirEntry, DirHandle
 from .upload import AppendUpload, Condition, NotSequential, StagedFile, Staging, StreamUpload, Writer
 
@@ -111,6 +111,7 @@ class Filesystem:
         self._clock = clock
         self.inodes = InodeTable(options.prefix, time.time(), clock)
         self.budget = MemoryBudget(options.read_buffer)
+        self.shared_reads = SharedReads()  # handles of one file version share their read-ahead
         self.write_budget = MemoryBudget(options.write_buffer)
         self.staging = Staging(options.staging_dir)
         self._files: HandleTable[FileHandle] = HandleTable()
@@ -333,8 +334,15 @@ class Filesystem:
     def _upsert_file(self, parent: Inode, name: str, info: ObjectInfo, *, ttl: float | None = None) -> Inode:
         checksum = f"{info.checksum_algorithm}:{info.checksum}" if info.checksum_algorithm and info.checksum else None
         ttl = self._ttl() if ttl is None else ttl
+        mtime = info.last_modified
+        known = self.inodes.child(parent.ino, name)
+        if (known is not None and not known.is_dir and known.etag == info.etag and known.size == info.size
+                and math.floor(known.mtime) == math.floor(mtime)):
+            # The same version keeps the mtime first seen: a HEAD says whole seconds, a listing
+            # milliseconds, and a changed mtime makes the kernel drop the file's page cache.
+            mtime = known.mtime
         return self.inodes.upsert(parent, name, is_dir=False, key=info.key, ttl=ttl, size=info.size,
-                                  etag=info.etag, mtime=info.last_modified, storage_class=info.storage_class,
+                                  etag=info.etag, mtime=mtime, storage_class=info.storage_class,
                                   checksum=checksum)
 
     def _log_hidden(self, key: str, why: str) -> None:
@@ -541,15 +549,21 @@ class Filesystem:
                 await self._truncate(inode, 0, rdwr=access == os.O_RDWR)
         prefetcher = None
         if inode.etag is not None and not inode.local:
-            source: RangeSource = self.client
-            if self.blocks is not None and not direct:  # O_DIRECT bypasses every cache, this one too
-                source = CachedSource(self.client, self.blocks, inode.key, inode.etag, inode.size)
-            prefetcher = Prefetcher(source, inode.key, inode.size, inode.etag, self.budget,
-                                    part_size=self.options.part_size)
-            if self._nursery is None:
-                raise FsError(errno.EIO, "filesystem not attached to a nursery")
-            await prefetcher.start(self._nursery)
+            prefetcher = await self._prefetcher(inode, direct)
         return OpenResult(self._add_handle(inode, prefetcher, direct, access, writable), keep_cache, direct)
+
+    async def _prefetcher(self, inode: Inode, direct: bool) -> Prefetcher:
+        """Read-ahead of the inode's current version in the bucket."""
+        assert inode.etag is not None
+        source: RangeSource = self.client
+        if self.blocks is not None and not direct:  # O_DIRECT bypasses every cache, this one too
+            source = CachedSource(self.client, self.blocks, inode.key, inode.etag, inode.size)
+        prefetcher = Prefetcher(source, inode.key, inode.size, inode.etag, self.budget,
+                                part_size=self.options.part_size, shared=self.shared_reads, identity=inode.ino)
+        if self._nursery is None:
+            raise FsError(errno.EIO, "filesystem not attached to a nursery")
+        await prefetcher.start(self._nursery)
+        return prefetcher
 
     def _add_handle(self, inode: Inode, prefetcher: Prefetcher | None, direct: bool, access: int, writable: bool) -> int:
         inode.open_handles += 1

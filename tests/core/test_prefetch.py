@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from s3xfs.client import errors
 from s3xfs.client.memory import MemoryClient
-from s3xfs.core.prefetch import MemoryBudget, Prefetcher
+from s3xfs.core.prefetch import MemoryBudget, Prefetcher, SharedReads
 
 KEY = "data/object.bin"
 KiB = 1024
@@ -592,3 +592,316 @@ async def test_read_buffered_hit_rate() -> None:
     rate = hits / elapsed
     print(f"\nread_buffered: {rate:,.0f} hits/s of 128 KiB = {rate * request / 1e9:.2f} GB/s "
           f"({elapsed / hits * 1e6:.1f} us per hit)")
+
+
+# --- handles of one version share their reads (SharedReads) ---------------------------------
+
+
+class GatedClient(RecordingClient):
+    """``hold[start]``: the next GET starting there waits for that event (once)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.hold: dict[int, trio.Event] = {}
+
+    async def get_range(self, key: str, start: int, length: int, *, if_match: str | None = None) -> bytes:
+        gate = self.hold.pop(start, None)
+        if gate is not None:
+            await gate.wait()
+        return await super().get_range(key, start, length, if_match=if_match)
+
+
+def peer_held(shared: SharedReads, opened: list[Prefetcher]) -> int:
+    """Bytes held by open prefetchers and by what closed ones left to their groups."""
+    groups = {id(pf._group): pf._group for pf in opened if pf._group is not None}
+    return sum(pf.held for pf in opened) + sum(group.held for group in groups.values())
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(size=st.integers(1, 400_000), plans=st.lists(read_ops, min_size=2, max_size=3),
+       limit=st.sampled_from([3000, 64 * KiB, 4 * MiB]), jitter=st.sampled_from([0.0, 0.0005]))
+def test_peers_reading_one_version_get_its_bytes_and_leak_nothing(size: int, plans: list[list[tuple[str, int, int]]],
+                                                                   limit: int, jitter: float) -> None:
+    """Several handles of one object read at once, each its own mix of sequential, nearby and
+    random reads, and close when done (leaving their buffers and runs to the others): every read
+    is exact, the invariants hold, and the budget and the groups are empty at the end."""
+    data = blob(size, seed=size)
+    client = store(data, jitter=jitter)
+    budget = MemoryBudget(limit)
+    shared = SharedReads()
+    requests: list[list[tuple[int, int]]] = []
+    for plan in plans:
+        position, mine = 0, []
+        for kind, offset, length in plan:
+            if kind == "seq":
+                offset = position
+            elif kind == "near":
+                offset = max(0, position + offset % 40_000 - 20_000)
+            else:
+                offset %= size + 1000
+            mine.append((offset, length))
+            position = offset + length
+        requests.append(mine)
+
+    async def main() -> None:
+        opened: list[Prefetcher] = []
+        async with trio.open_nursery() as nursery:
+            obj = client.objects[KEY]
+
+            async def reader(mine: list[tuple[int, int]]) -> None:
+                pf = Prefetcher(client, KEY, obj.size, obj.etag, budget, shared=shared, identity=1, **SMALL,
+                                max_blocks=4)
+                opened.append(pf)
+                await pf.start(nursery)
+                for offset, length in mine:
+                    assert await read(pf, offset, length) == data[offset:offset + length], (offset, length)
+                    for other in opened:
+                        other.check_invariants()
+                    assert peer_held(shared, opened) <= budget.used <= budget.limit
+                await pf.close()
+                pf.check_invariants()
+
+            async with trio.open_nursery() as readers:
+                for mine in requests:
+                    readers.start_soon(reader, mine)
+            nursery.cancel_scope.cancel()
+        assert budget.used == 0 and len(shared) == 0
+
+    trio.run(main)
+    assert_sane_gets(client, size, client.objects[KEY].etag)
+
+
+async def open_peers(client: MemoryClient, budget: MemoryBudget, shared: SharedReads, nursery: trio.Nursery,
+                     n: int, **kwargs: Any) -> list[Prefetcher]:
+    obj = client.objects[KEY]
+    peers = [Prefetcher(client, KEY, obj.size, obj.etag, budget, shared=shared, identity="file", **kwargs)
+             for _ in range(n)]
+    for pf in peers:
+        await pf.start(nursery)
+    return peers
+
+
+@trio_test
+async def test_a_read_waits_on_a_peers_pending_get_instead_of_sending_its_own() -> None:
+    data = blob(512 * KiB, seed=21)
+    client = GatedClient()
+    client.put_object_sync(KEY, data)
+    budget, shared = MemoryBudget(4 * MiB), SharedReads()
+    async with trio.open_nursery() as nursery:
+        a, b = await open_peers(client, budget, shared, nursery, 2, **SMALL)
+        gate = client.hold[16 * KiB] = trio.Event()
+        assert await read(a, 0, 1000) == data[:1000]  # a's read-ahead now fetches [16K, 32K), held
+        got: list[bytes] = []
+        nursery.start_soon(lambda: _append(got, read(b, 20 * KiB, 1000)))
+        await trio.testing.wait_all_tasks_blocked()
+        assert not got
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert got == [data[20 * KiB:20 * KiB + 1000]]
+        assert b.stats["shared_reads"] == 1
+        assert sum(1 for start, length, _ in client.ranges if start <= 20 * KiB < start + length) == 1  # one GET
+        for pf in (a, b):
+            pf.check_invariants()
+            await pf.close()
+        nursery.cancel_scope.cancel()
+    assert budget.used == 0 and len(shared) == 0
+
+
+async def _append(out: list[bytes], read_call: Awaitable[bytes]) -> None:
+    out.append(bytes(await read_call))
+
+
+@trio_test
+async def test_a_peer_closing_under_a_waiting_read_is_not_that_reads_error() -> None:
+    data = blob(512 * KiB, seed=22)
+    client = GatedClient()
+    client.put_object_sync(KEY, data)
+    budget, shared = MemoryBudget(4 * MiB), SharedReads()
+    async with trio.open_nursery() as nursery:
+        a, b = await open_peers(client, budget, shared, nursery, 2, **SMALL)
+        client.hold[16 * KiB] = trio.Event()  # never set: a's GET would wait forever
+        assert await read(a, 0, 1000) == data[:1000]
+        got: list[bytes] = []
+        nursery.start_soon(lambda: _append(got, read(b, 20 * KiB, 1000)))
+        await trio.testing.wait_all_tasks_blocked()
+        await a.close()  # cancels a's GET that b waits on
+        with trio.fail_after(5):
+            while not got:
+                await trio.sleep(0.001)
+        assert got == [data[20 * KiB:20 * KiB + 1000]]  # b fetched the range itself
+        b.check_invariants()
+        await b.close()
+        nursery.cancel_scope.cancel()
+    assert budget.used == 0 and len(shared) == 0
+
+
+@trio_test
+async def test_a_peers_stale_get_makes_the_waiting_read_stale_too() -> None:
+    data = blob(512 * KiB, seed=23)
+    client = GatedClient()
+    client.put_object_sync(KEY, data)
+    budget, shared = MemoryBudget(4 * MiB), SharedReads()
+    async with trio.open_nursery() as nursery:
+        a, b = await open_peers(client, budget, shared, nursery, 2, **SMALL)
+        gate = client.hold[16 * KiB] = trio.Event()
+        assert await read(a, 0, 1000) == data[:1000]
+        outcome: list[BaseException] = []
+
+        async def b_reads() -> None:
+            try:
+                await read(b, 20 * KiB, 1000)
+            except errors.PreconditionFailed as exc:
+                outcome.append(exc)
+
+        nursery.start_soon(b_reads)
+        await trio.testing.wait_all_tasks_blocked()
+        client.put_object_sync(KEY, blob(512 * KiB, seed=24))
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert len(outcome) == 1  # never bytes of the new version
+        for pf in (a, b):
+            await pf.close()
+        nursery.cancel_scope.cancel()
+    assert budget.used == 0 and len(shared) == 0
+
+
+@trio_test
+async def test_read_ahead_a_closed_peer_left_serves_the_next_reader_then_is_released() -> None:
+    data = blob(1 * MiB, seed=25)
+    client = store(data)
+    budget, shared = MemoryBudget(8 * MiB), SharedReads()
+    async with trio.open_nursery() as nursery:
+        a, b = await open_peers(client, budget, shared, nursery, 2, **SMALL)
+        for offset in range(0, 128 * KiB, 16 * KiB):
+            assert await read(a, offset, 16 * KiB) == data[offset:offset + 16 * KiB]
+        await trio.testing.wait_all_tasks_blocked()
+        ahead = a._s_end
+        assert ahead > 160 * KiB  # a's read-ahead went on past its reader
+        await a.close()  # a's reader stops at 128K: what it read ahead stays for b
+        group = b._group
+        assert group is not None and group.kept and group.held == budget.used - b.held
+        sent = len(client.ranges)
+        for offset in range(128 * KiB, ahead, 16 * KiB):
+            n = min(16 * KiB, ahead - offset)
+            assert await read(b, offset, n) == data[offset:offset + n]
+        assert len(client.ranges) == sent or all(start >= ahead for start, _, _ in client.ranges[sent:])
+        assert not group.kept  # each left buffer was released once read through
+        b.check_invariants()
+        await b.close()
+        nursery.cancel_scope.cancel()
+    assert budget.used == 0 and len(shared) == 0
+
+
+@trio_test
+async def test_buffers_a_closed_peer_left_are_reclaimed_for_another_files_read() -> None:
+    client = RecordingClient()
+    client.put_object_sync(KEY, blob(2 * MiB, seed=26))
+    client.put_object_sync("other", blob(1 * MiB, seed=27))
+    budget, shared = MemoryBudget(256 * KiB), SharedReads()
+    async with trio.open_nursery() as nursery:
+        a, b = await open_peers(client, budget, shared, nursery, 2, **SMALL)
+        for offset in range(0, 96 * KiB, 16 * KiB):
+            await read(a, offset, 16 * KiB)
+        await trio.testing.wait_all_tasks_blocked()
+        await a.close()
+        group = b._group
+        assert group is not None and group.held > 0
+        obj = client.objects["other"]
+        c = Prefetcher(client, "other", obj.size, obj.etag, budget, shared=shared, identity="other",
+                       part_size=256 * KiB, block_size=256 * KiB, initial_window=256 * KiB, max_window=256 * KiB)
+        await c.start(nursery)
+        with trio.fail_after(5):  # needs the whole budget: only reclaiming what a left makes room
+            assert await c.read(512 * KiB, 100) == obj.data[512 * KiB:512 * KiB + 100]
+        assert group.held == 0
+        for pf in (b, c):
+            await pf.close()
+        nursery.cancel_scope.cancel()
+    assert budget.used == 0 and len(shared) == 0
+
+
+@trio_test
+async def test_read_ahead_stops_where_a_peers_stretch_begins_and_a_stray_read_past_it_fetches_little() -> None:
+    """fio's jobs: a reads [0, Q), b reads [Q, 2Q). a's read-ahead stops at Q; a read of a past Q
+    (the kernel's read-ahead beyond a's last read) follows b's run from the initial window."""
+    data = blob(1 * MiB, seed=28)
+    client = store(data)
+    budget, shared = MemoryBudget(8 * MiB), SharedReads()
+    quarter = 512 * KiB
+    async with trio.open_nursery() as nursery:
+        a, b = await open_peers(client, budget, shared, nursery, 2, **SMALL)
+
+        async def stretch(pf: Prefetcher, start: int) -> None:
+            for offset in range(start, start + quarter, 16 * KiB):
+                assert await read(pf, offset, 16 * KiB) == data[offset:offset + 16 * KiB]
+                await trio.sleep(0)
+
+        async with trio.open_nursery() as readers:
+            readers.start_soon(stretch, a, 0)
+            readers.start_soon(stretch, b, quarter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert a.window == SMALL["max_window"]
+        assert sum(length for _, length, _ in client.ranges) == len(data)  # nothing twice, nothing past EOF
+        sent = len(client.ranges)
+        stray = quarter + 64 * KiB  # beyond the block b's first read fetched
+        assert await read(a, stray, 16 * KiB) == data[stray:stray + 16 * KiB]
+        await trio.testing.wait_all_tasks_blocked()
+        fetched = sum(length for _, length, _ in client.ranges[sent:])
+        assert fetched <= 2 * SMALL["initial_window"] + SMALL["block_size"], fetched  # not a whole window
+        for pf in (a, b):
+            pf.check_invariants()
+            await pf.close()
+        nursery.cancel_scope.cancel()
+    assert budget.used == 0 and len(shared) == 0
+
+
+def test_kept_buffers_never_overlap_and_the_last_member_releases_them() -> None:
+    from s3xfs.core.prefetch import _Buffer, _Version
+
+    budget = MemoryBudget(1 * MiB)
+    group = _Version(budget)
+    group.members.append(object())  # type: ignore[arg-type]  # someone is still open
+
+    def arrived(start: int, end: int) -> _Buffer:
+        buf = _Buffer(start, end)
+        buf.data = bytes(end - start)
+        budget._take(end - start)  # as its owner reserved it
+        buf.reserved = end - start
+        return buf
+
+    group.keep([arrived(0, 100), arrived(200, 300)])
+    group.keep([arrived(50, 150), arrived(300, 400), arrived(150, 200)])  # the first overlaps: released
+    assert [(buf.start, buf.end) for buf in group.kept] == [(0, 100), (150, 200), (200, 300), (300, 400)]
+    assert budget.used == group.held == 350
+    assert group.find(250) is group.kept[2] and group.find(120) is None
+    assert group.next_start(120) == 150 and group.next_start(160) == 160 and group.next_start(400) is None
+    group.consumed(group.kept[0])
+    assert budget.used == group.held == 250
+    group.members.clear()
+    group.clear()
+    assert budget.used == 0 and not group.kept
+    group.remember(10, 20)
+    group.remember(30, 40)
+    group.remember(15, 35)
+    group.remember(50, 50)
+    assert group.done == [(10, 40)]
+
+
+@trio_test
+async def test_a_stream_whose_reads_arrive_a_little_shuffled_is_kept() -> None:
+    """The kernel keeps several reads of a file in flight and trio runs them in any order: a read a
+    few blocks behind the furthest one is late, not a seek; it used to reset the stream, dropping
+    (and refetching) everything read ahead."""
+    data = blob(2 * MiB, seed=29)
+    client = store(data)
+    async with prefetchers(client, MemoryBudget(8 * MiB)) as make:
+        pf = await make(**SMALL)
+        rng = random.Random(5)
+        offsets = list(range(0, len(data), 16 * KiB))
+        for i in [0, *range(2, len(offsets), 4)]:  # batches of 4 reads that straddle part boundaries
+            batch = offsets[i:i + 2] if i == 0 else offsets[i:i + 4]
+            rng.shuffle(batch)
+            for offset in batch:
+                assert await read(pf, offset, 16 * KiB) == data[offset:offset + 16 * KiB]
+        assert pf.stats["random_reads"] == 0
+        assert pf.window == SMALL["max_window"]
+    assert sum(length for _, length, _ in client.ranges) <= 1.1 * len(data)

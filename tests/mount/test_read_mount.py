@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import random
 import subprocess
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.localzone import DIRECTORY_BUCKET as BUCKET, LocalZone
-from tests.support.mount import needs_fuse
+from tests.support.mount import needs_fuse, s3xfs_command
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
 MiB = 1024 * 1024
@@ -235,3 +236,76 @@ def test_a_listing_within_the_ttl_is_reused(server, mount_factory):
     server.reset_stats()
     assert sorted(os.listdir(mount.path / "dir0" / "sub")) == first
     assert server.stats()["requests"].get("ListObjectsV2", 0) == 0
+
+
+def test_handles_reading_quarters_of_one_file_fetch_it_about_once(server, mount_factory):
+    """fio --numjobs=4 --offset_increment: four handles of one file, each reading its own quarter.
+    Each handle's read-ahead used to run on into the next quarter and fetch it again (2.5 to 3
+    times the file); now the handles leave each other's stretches alone and share their buffers."""
+    data = random.Random(8).randbytes(64 * MiB)
+    server.client().put_object(Bucket=BUCKET, Key="big.bin", Body=data)
+    mount = mount_factory(server, BUCKET, "--read-only", "--metadata-ttl", "60")
+    os.stat(mount.path / "big.bin")
+    server.reset_stats()
+    quarter = len(data) // 4
+    got: dict[int, bytes] = {}
+    start = threading.Barrier(4)
+
+    def reader(i: int) -> None:
+        fd = os.open(mount.path / "big.bin", os.O_RDONLY)
+        try:
+            start.wait()
+            pieces = [os.pread(fd, MiB, offset) for offset in range(i * quarter, (i + 1) * quarter, MiB)]
+            got[i] = b"".join(pieces)
+        finally:
+            os.close(fd)
+
+    threads = [threading.Thread(target=reader, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(4):
+        assert got[i] == data[i * quarter:(i + 1) * quarter], i
+    fetched = server.stats()["bytes_out"]
+    assert fetched <= 1.25 * len(data), fetched / len(data)
+
+
+@pytest.mark.parametrize("cache", [False, True], ids=["memory", "disk-cache"])
+def test_second_pass_on_a_read_write_mount_sends_no_gets(server, mount_factory, tmp_path, cache):
+    """A read-write mount: after every read the kernel drops the file's atime, so the next fstat
+    (Python's open and readall make one) asks getattr. That answer must carry the mtime the kernel
+    was given at lookup: the first file of each directory was learnt by HEAD (whole seconds), the
+    others by the listing a second lookup started, which must not move the first one's mtime, or
+    the kernel throws away its page cache and the second pass GETs one file per directory."""
+    s3 = server.client()
+    rng = random.Random(6)
+    tree = {f"train/d{d}/sample-{f}.bin": rng.randbytes(64 * 1024) for d in range(3) for f in range(3)}
+    for key, data in tree.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    args = ["--metadata-ttl", "60", "--staging-dir", str(tmp_path / "staging")]
+    if cache:
+        args += ["--cache", str(tmp_path / "cache")]
+    mount = mount_factory(server, BUCKET, *args)
+
+    def read_pass() -> dict[str, bytes]:
+        got = {}
+        for key in tree:  # in order: each directory's first file is looked up before it is listed
+            with open(mount.path / key, "rb", buffering=0) as f:
+                got[key] = f.readall()
+        return got
+
+    assert read_pass() == tree
+    server.reset_stats()
+    before = stats_of(mount.path)
+    assert read_pass() == tree
+    assert server.stats()["requests"].get("GetObject", 0) == 0
+    # With --cache the disk would hide a refetch from the endpoint: the kernel kept every page.
+    assert stats_of(mount.path)["fuse"]["requests"].get("read", 0) == before["fuse"]["requests"].get("read", 0)
+
+
+def stats_of(path: Path) -> dict:
+    """The mount's live counters (``s3xfs stats --json``)."""
+    result = subprocess.run(s3xfs_command("stats", str(path), "--json"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
