@@ -16,13 +16,14 @@ refuses to start if the hook was bypassed.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import threading
 import time
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -32,6 +33,7 @@ import boto3
 import botocore.exceptions
 import botocore.utils
 import trio
+import urllib3.exceptions
 from botocore.config import Config
 from botocore.credentials import Credentials
 
@@ -50,8 +52,11 @@ CONNECT_TIMEOUT = 5.0  # a zonal endpoint answers in milliseconds; a dead one sh
 READ_TIMEOUT = 30.0  # between bytes of a response
 # An AccessDenied this close to (or after) a session's expiry is treated as an expired token.
 EXPIRY_SUSPICION = 10.0
+# No answer, or half of one: botocore's wrappers, and what reading a body straight from the socket
+# raises (_read_exactly, streamed ranges: a reset or timeout, urllib3's and http.client's errors).
 _CONNECTION_ERRORS = (botocore.exceptions.HTTPClientError, botocore.exceptions.ConnectionError,
-                      botocore.exceptions.IncompleteReadError)
+                      botocore.exceptions.IncompleteReadError, ConnectionError, TimeoutError,
+                      urllib3.exceptions.HTTPError, http.client.HTTPException)
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,7 @@ class S3Client:
         self.requests: Counter[str] = Counter()  # requests put on the wire, by S3 operation (each attempt)
         self.failures: Counter[str] = Counter()  # failed requests, by S3 error code (or Unavailable)
         self.retries = 0
+        self.lost_answers = 0  # writes whose answer was lost, found done by a later check
         self.bytes_received = 0  # bytes of GetObject bodies that arrived
         self.bytes_sent = 0  # bytes of PutObject (append included) and UploadPart bodies sent (each attempt)
         self._limiter = trio.CapacityLimiter(options.max_connections)
@@ -117,7 +123,9 @@ class S3Client:
             raise errors.AccessDenied(f"AWS profile {options.profile!r} is not defined in the shared config or credentials file") from None
         config = Config(
             region_name=options.region, max_pool_connections=options.max_connections,
-            retries={"max_attempts": 1, "mode": "standard"}, connect_timeout=CONNECT_TIMEOUT,
+            # botocore's own retries off: "max_attempts" would count retries (1 = one hidden retry);
+            # "total_max_attempts" counts attempts. Retries are _call's, bounded and counted.
+            retries={"total_max_attempts": 1, "mode": "standard"}, connect_timeout=CONNECT_TIMEOUT,
             read_timeout=READ_TIMEOUT, tcp_keepalive=True, use_fips_endpoint=options.fips,
             use_dualstack_endpoint=options.dualstack,
         )
@@ -192,14 +200,33 @@ class S3Client:
         except botocore.exceptions.ParamValidationError as exc:
             raise errors.InvalidRequest(f"{operation}: {exc}", key=key) from None
 
-    async def _call(self, operation: str, fn: Callable[[], T], key: str | None = None, *, sent: int = 0) -> T:
-        """One logical request: a session if needed, bounded retries, one retry on a refused token."""
+    async def _call(self, operation: str, fn: Callable[[], T], key: str | None = None, *, sent: int = 0,
+                    landed: Callable[[errors.ClientError], Awaitable[T | None]] | None = None) -> T:
+        """One logical request: a session if needed, bounded retries, one retry on a refused token.
+
+        ``landed``, for writes that are not idempotent (a conditional PUT, CompleteMultipartUpload,
+        RenameObject): once an attempt got no answer, it may have been done all the same, and the
+        retry is then refused (412, NoSuchUpload, NoSuchKey) *because* it was done. ``landed``
+        looks at the bucket and returns the result if so, else None (the refusal is raised)."""
         policy = self.options.retry
         deadline = trio.current_time() + policy.max_elapsed
         attempt = 0
         token_retry_used = False
+        answer_lost = False  # an earlier attempt may have been done without our hearing of it
         while True:
-            session = await self.sessions.get() if self.sessions is not None else None
+            try:
+                session = await self.sessions.get() if self.sessions is not None else None
+            except errors.ClientError as exc:
+                # No usable session and CreateSession failed: throttled or unanswered, it is retried
+                # within the same budget as the request (a denied session is final).
+                attempt += 1
+                delay = policy.delay(attempt)
+                if not exc.transient or attempt >= policy.max_attempts or trio.current_time() + delay > deadline:
+                    raise
+                self.retries += 1
+                log.debug("%s %s: no session (%s); retry %d in %.3f s", operation, key or "", exc, attempt, delay)
+                await trio.sleep(delay)
+                continue
             started = trio.current_time()
             try:
                 result = await self._in_thread(fn, operation, session, key, sent=sent)
@@ -214,6 +241,14 @@ class S3Client:
                     if not token_retry_used:  # the common case: retry at once with a new session
                         token_retry_used = True
                         continue
+                if answer_lost and landed is not None and not exc.transient and not refused:
+                    outcome = await self._check_landed(landed, exc)
+                    if outcome is None:
+                        raise
+                    self.lost_answers += 1
+                    log.info("%s %s: the answer was lost, but the request had been done", operation, key or "")
+                    return outcome
+                answer_lost = answer_lost or _maybe_done(exc)
                 attempt += 1
                 delay = policy.delay(attempt)
                 retryable = exc.transient or refused  # a second refusal in a row: back off, like throttling
@@ -224,9 +259,21 @@ class S3Client:
                 await trio.sleep(delay)
 
     @staticmethod
+    async def _check_landed(landed: Callable[[errors.ClientError], Awaitable[T | None]], exc: errors.ClientError) -> T | None:
+        """``landed(exc)``; if the bucket cannot tell, the outcome is unknown: Unavailable (EIO),
+        not the refusal, which may be wrong (ENOENT for a rename that was done)."""
+        try:
+            return await landed(exc)
+        except errors.ClientError as failure:
+            raise errors.Unavailable(f"{exc}; the answer to an earlier attempt was lost and whether it was done "
+                                     f"cannot be told now: {failure}", key=exc.key) from None
+
+    @staticmethod
     def _session_refused(exc: errors.ClientError, session: Session) -> bool:
         if isinstance(exc, errors.SessionExpired):
             return True
+        if exc.status == 400 and (exc.code is None or exc.code.isdigit()):
+            return True  # a HEAD has no body to say ExpiredToken: a bare 400 with a session is most likely one
         return isinstance(exc, errors.AccessDenied) and exc.code == "AccessDenied" and \
             session.expires_at - time.time() < EXPIRY_SUSPICION
 
@@ -343,7 +390,18 @@ class S3Client:
             kwargs["IfMatch"] = _quote_etag(if_match)
         if content_type:
             kwargs["ContentType"] = content_type
-        response = await self._call("PutObject", lambda: self._boto.put_object(**kwargs), key, sent=len(data))
+
+        async def landed(exc: errors.ClientError) -> dict[str, Any] | None:
+            """A refused retry of a conditional PUT: done if the object now holds exactly ``data``."""
+            if not isinstance(exc, errors.PreconditionFailed) or not (if_none_match or if_match):
+                return None
+            info = await self.head(key)
+            if info.size != len(data) or bytes(await self.get_range(key, 0, len(data), if_match=info.etag)) != data:
+                return None
+            return {"ETag": _quote_etag(info.etag)}
+
+        response = await self._call("PutObject", lambda: self._boto.put_object(**kwargs), key, sent=len(data),
+                                    landed=landed)
         return PutResult(response["ETag"].strip('"'), len(data))
 
     async def append(self, key: str, data: bytes, *, offset: int, if_match: str | None = None) -> PutResult:
@@ -379,7 +437,22 @@ class S3Client:
             kwargs["IfNoneMatch"] = "*"
         if if_match:
             kwargs["IfMatch"] = _quote_etag(if_match)
-        response = await self._call("CompleteMultipartUpload", lambda: self._boto.complete_multipart_upload(**kwargs), key)
+
+        async def landed(exc: errors.ClientError) -> dict[str, Any] | None:
+            """A refused retry (NoSuchUpload, 412): done if the upload is gone, since only a
+            completion can have removed it (we abort only uploads we no longer complete)."""
+            if not isinstance(exc, (errors.NotFound, errors.PreconditionFailed)):
+                return None
+            try:
+                await self._call("ListParts", lambda: self._boto.list_parts(
+                    Bucket=self.bucket, Key=key, UploadId=upload_id, MaxParts=1), key)
+                return None  # still there: the refusal stands
+            except errors.NotFound:
+                pass
+            return {"ETag": _quote_etag((await self.head(key)).etag)}
+
+        response = await self._call("CompleteMultipartUpload", lambda: self._boto.complete_multipart_upload(**kwargs),
+                                    key, landed=landed)
         head = await self.head(key)
         return PutResult(response["ETag"].strip('"'), head.size)
 
@@ -415,7 +488,21 @@ class S3Client:
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": dest, "RenameSource": quote(source, safe="/")}
         if if_none_match:
             kwargs["DestinationIfNoneMatch"] = "*"
-        await self._call("RenameObject", lambda: self._boto.rename_object(**kwargs), dest)
+
+        async def landed(exc: errors.ClientError) -> dict[str, Any] | None:
+            """A refused retry (no such source, or a destination that exists): done if the source
+            is gone and the destination is there."""
+            if not isinstance(exc, (errors.NotFound, errors.PreconditionFailed)):
+                return None
+            try:
+                await self.head(source)
+                return None
+            except errors.NotFound:
+                pass
+            await self.head(dest)
+            return {}
+
+        await self._call("RenameObject", lambda: self._boto.rename_object(**kwargs), dest, landed=landed)
 
     async def copy(self, source: str, dest: str) -> PutResult:
         self._writable("CopyObject")
@@ -430,7 +517,14 @@ class S3Client:
         if self.sessions is not None:
             sessions = {"mode": self.sessions.mode, **self.sessions.stats.snapshot()}
         return {"requests": dict(self.requests), "failures": dict(self.failures), "retries": self.retries,
+                "lost_answers": self.lost_answers,
                 "bytes_received": self.bytes_received, "bytes_sent": self.bytes_sent, "sessions": sessions}
+
+
+def _maybe_done(exc: errors.ClientError) -> bool:
+    """Whether a failed attempt may still have been carried out: no answer at all (a reset, a
+    timeout), or a 500 that may come after the work. A 503 (SlowDown) is a refusal to start."""
+    return isinstance(exc, errors.Unavailable) and (exc.status is None or exc.status == 500)
 
 
 def _read_exactly(body: Any, length: int) -> bytes | bytearray:

@@ -34,7 +34,7 @@ REFRESH_BEFORE = 60.0  # aws-c-s3 refreshes when under 60 s remain: 4 of 5 minut
 EXPIRY_MARGIN = 5.0  # aws-c-s3 treats a session as expired 5 s early
 RETRY_INITIAL = 0.2  # first backoff after a failed CreateSession
 RETRY_MAX = 30.0  # backoff cap: a broken policy is not hammered, a recovered one is noticed soon
-MIN_RETRY_INTERVAL = 1.0  # without a usable session, callers fail fast within this after a failure
+MIN_RETRY_INTERVAL = 1.0  # without a usable session, callers fail fast within this after a refusal
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,9 @@ class SessionManager:
             return session
         if self._inflight is None and self._last_failure is not None:
             when, error = self._last_failure
-            if self._clock() - when < MIN_RETRY_INTERVAL:
-                raise self._unavailable(error)
+            if self._clock() - when < MIN_RETRY_INTERVAL and not error.transient:
+                raise self._unavailable(error)  # a refusal: not asked again at once (throttling and
+                # lost answers are: the caller's retries back off, and attempts are shared anyway)
         return await self._attempt()
 
     def invalidate(self, session: Session) -> None:
@@ -156,22 +157,25 @@ class SessionManager:
     # --- internals -----------------------------------------------------------------------------
 
     async def _attempt(self) -> Session:
-        attempt = self._inflight
-        if attempt is None:
-            attempt = self._inflight = _Attempt()
-            try:
-                attempt.session = await self._create_one()
-            except ClientError as exc:
-                attempt.error = exc
-            finally:
-                self._inflight = None
-                attempt.done.set()
-        else:
-            await attempt.done.wait()
-        if attempt.error is not None:
-            raise self._unavailable(attempt.error)
-        assert attempt.session is not None
-        return attempt.session
+        while True:
+            attempt = self._inflight
+            if attempt is None:
+                attempt = self._inflight = _Attempt()
+                try:
+                    attempt.session = await self._create_one()
+                except ClientError as exc:
+                    attempt.error = exc
+                finally:
+                    self._inflight = None
+                    attempt.done.set()
+            else:
+                await attempt.done.wait()
+            if attempt.error is not None:
+                raise self._unavailable(attempt.error)
+            if attempt.session is not None:
+                return attempt.session
+            # Neither: the task that was making it was cancelled (a request given up, a failed
+            # upload cancelling its sibling parts) before CreateSession answered. Make another.
 
     async def _create_one(self) -> Session:
         started = self._clock()
