@@ -536,6 +536,11 @@ class Filesystem:
         writable = access != os.O_RDONLY or bool(flags & os.O_TRUNC)
         if writable:
             self._check_writable()
+        if inode.local and inode.writer is None and self.inodes.child(inode.parent, inode.name) is not inode:
+            # Only the kernel's cached entry still names it: its commit failed (its content went to
+            # the staging directory) or it was unlinked. ESTALE makes open(2) look the name up
+            # again (LOOKUP_REVAL): the caller gets what the bucket holds, or ENOENT; not an empty file.
+            raise FsError(errno.ESTALE, f"{inode.key}: no longer in this mount")
         if not inode.pinned and (inode.expires <= self._clock() or inode.etag is None):
             await self.getattr(ino)
         direct = bool(flags & getattr(os, "O_DIRECT", 0))
@@ -594,7 +599,13 @@ class Filesystem:
                 if writer is not None:
                     return await writer.read(offset, size)
         if handle.prefetcher is None:
-            return b""  # made here and never uploaded: only what a writer holds exists
+            # Opened while the file existed only here, and nothing writes it any more.
+            if not inode.local and inode.etag is not None:
+                await self._late_prefetcher(handle)  # committed since: read what was committed
+            elif offset < inode.size:  # its commit failed: the content is in the staging directory only
+                raise FsError(errno.EIO, f"{inode.key}: its upload failed; the data is in the staging directory")
+            if handle.prefetcher is None:
+                return b""
         try:
             return await handle.prefetcher.read(offset, size)
         except client_errors.PreconditionFailed:
@@ -602,6 +613,15 @@ class Filesystem:
             handle.inode.expires = 0.0
             handle.inode.cached_etag = None
             raise FsError(errno.ESTALE, f"{handle.key} changed while open") from None
+
+    async def _late_prefetcher(self, handle: FileHandle) -> None:
+        """Give a handle opened before its file's first commit the committed version to read."""
+        inode = handle.inode
+        prefetcher = await self._prefetcher(inode, handle.direct)
+        if handle.prefetcher is not None:  # another read of this handle did it meanwhile
+            await prefetcher.close()
+            return
+        handle.prefetcher, handle.etag, handle.size = prefetcher, prefetcher.etag, prefetcher.size
 
     async def release(self, fh: int) -> None:
         handle = self._files.pop(fh)
@@ -1048,7 +1068,7 @@ class Filesystem:
         return {
             "s3": {"requests": client.get("requests", {}), "failures": client.get("failures", {}),
                    "retries": client.get("retries", 0), "bytes_received": client.get("bytes_received", 0),
-                   "bytes_sent": client.get("bytes_sent", 0)},
+                   "bytes_sent": client.get("bytes_sent", 0), "lost_answers": client.get("lost_answers", 0)},
             "sessions": client.get("sessions"),
             "lookups": dict(self.counters),
             "opens": dict(self.open_counters),
