@@ -229,6 +229,22 @@ read_ops = st.lists(
     min_size=1, max_size=25)
 
 
+def _placed(ops: list[tuple[str, int, int]], size: int) -> list[tuple[int, int]]:
+    """(offset, length) reads from a drawn plan: "seq" continues, "near" jumps a little, else anywhere."""
+    reads: list[tuple[int, int]] = []
+    position = 0
+    for kind, offset, length in ops:
+        if kind == "seq":
+            offset = position
+        elif kind == "near":
+            offset = max(0, position + offset % 40_000 - 20_000)
+        else:
+            offset %= size + 1000
+        reads.append((offset, length))
+        position = offset + length
+    return reads
+
+
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(size=st.one_of(st.just(0), st.integers(1, 300_000)), ops=read_ops, concurrent=st.booleans(),
        limit=st.sampled_from([3000, 16 * KiB, 64 * KiB, 4 * MiB]), jitter=st.sampled_from([0.0, 0.0005]))
@@ -239,17 +255,7 @@ def test_reads_match_the_object(size: int, ops: list[tuple[str, int, int]], conc
     data = blob(size, seed=size)
     client = store(data, jitter=jitter)
     budget = MemoryBudget(limit)
-    requests: list[tuple[int, int]] = []
-    position = 0
-    for kind, offset, length in ops:
-        if kind == "seq":
-            offset = position
-        elif kind == "near":
-            offset = max(0, position + offset % 40_000 - 20_000)
-        else:
-            offset %= size + 1000
-        requests.append((offset, length))
-        position = offset + length
+    requests = _placed(ops, size)
 
     async def main() -> None:
         async with prefetchers(client, budget) as make:
@@ -629,19 +635,7 @@ def test_peers_reading_one_version_get_its_bytes_and_leak_nothing(size: int, pla
     client = store(data, jitter=jitter)
     budget = MemoryBudget(limit)
     shared = SharedReads()
-    requests: list[list[tuple[int, int]]] = []
-    for plan in plans:
-        position, mine = 0, []
-        for kind, offset, length in plan:
-            if kind == "seq":
-                offset = position
-            elif kind == "near":
-                offset = max(0, position + offset % 40_000 - 20_000)
-            else:
-                offset %= size + 1000
-            mine.append((offset, length))
-            position = offset + length
-        requests.append(mine)
+    requests = [_placed(plan, size) for plan in plans]
 
     async def main() -> None:
         opened: list[Prefetcher] = []

@@ -44,6 +44,7 @@ from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 
 from s3xfs.localzone.stats import MUTATING_OPERATIONS
+from tests.support.signing import Reply
 from tests.support.localzone import (ACCESS_KEY, DIRECTORY_BUCKET as DIR, GENERAL_BUCKET as GENERAL, REGION, SECRET_KEY,
                                      LocalZone)
 
@@ -296,18 +297,6 @@ def zone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Zone]:
 
 # --------------------------------------------------------------------------------------------
 # Sending, and what must hold after every request
-
-
-@dataclass
-class Reply:
-    status: int
-    headers: dict[str, str]
-    body: bytes
-
-    @property
-    def code(self) -> str | None:
-        match = re.search(rb"<Code>([^<]*)</Code>", self.body)
-        return match.group(1).decode() if match else None
 
 
 def parse_replies(data: bytes, head: bool) -> list[Reply]:
