@@ -990,9 +990,12 @@ class Filesystem:
             if old_parent is not None:
                 self._changed(old_parent, source.name)
             self._changed(new_parent, new)
-            if target is not None and target.writer is not None:
-                await target.writer.discard()  # replaced while being written: that content is gone
-                target.writer = None
+            if target is not None:
+                if target.writer is not None:
+                    await target.writer.discard()  # replaced while being written: that content is gone
+                    target.writer = None
+                # No longer in the bucket, as after unlink: what its open handles write later goes
+                # nowhere (its commit must not recreate the name the rename's source now holds).
                 target.local = True
             self.inodes.move(source, new_parent, new, key)
             self._parents_exist(source)  # renamed into a local directory: it is in the bucket now

@@ -809,6 +809,22 @@ def test_rename_replaces_an_existing_destination(run):
     run(check, keys={"a": b"A", "b": b"B"})
 
 
+def test_a_handle_of_a_replaced_file_writes_nowhere_even_after_the_new_one_is_unlinked(run, staging):
+    """Found by the write state machine: a handle opened on "b" before "a" was renamed over it,
+    then written, then closed after "b" (now the old "a") was unlinked. Its commit used to take the
+    free name for a lost one and upload to "b" (failing: the base it was conditioned on is gone,
+    and the content went to the staging directory). The replaced file's writes go nowhere."""
+    async def check(fs, client):
+        fh, _ = await open_file(fs, "b", os.O_WRONLY)
+        await fs.rename(ROOT_INODE, "a", ROOT_INODE, "b", 0)
+        await fs.write(fh, 0, b"late")
+        await fs.unlink(ROOT_INODE, "b")
+        await close(fs, fh)
+        assert client.snapshot() == {}
+        assert not staging.exists() or os.listdir(staging) == []
+    run(check, keys={"a": b"A", "b": b""})
+
+
 def test_rename_noreplace_and_exchange(run):
     async def check(fs, client):
         with pytest.raises(FsError) as excinfo:
