@@ -37,7 +37,8 @@ def _translate(handler: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[
         try:
             return await handler(self, *args, **kwargs)
         except pyfuse3.FUSEError as exc:
-            self.errors[exc.errno] += 1
+            if exc.errno != errno.ENOSYS:  # ENOSYS raised here is the protocol's "not needed" (flush), no failure
+                self.errors[exc.errno] += 1
             raise
         except Exception as exc:  # noqa: BLE001 - the boundary: everything becomes an errno
             code = errno_of(exc)
@@ -189,6 +190,10 @@ class FuseOperations(pyfuse3.Operations):
 
     @_translate
     async def flush(self, fh: int) -> None:
+        if not self.fs.flush_needed:
+            # ENOSYS is the protocol's way to say "never send FLUSH again" (the kernel sets no_flush
+            # for the connection, so this happens once): one round trip less per close(2).
+            raise pyfuse3.FUSEError(errno.ENOSYS)
         await self.fs.flush(fh)
 
     @_translate

@@ -121,7 +121,7 @@ class Filesystem:
         # How lookups were answered (for live stats): from the cache, negatively from the cache, or remotely.
         self.counters = {"lookups_remote": 0, "lookups_cached": 0, "lookups_negative_cached": 0, "listings": 0}
         # Opens, and those that kept the kernel's page cache of the file (same ETag as last time).
-        self.open_counters = {"opens": 0, "opens_kept_cache": 0}
+        self.open_counters = {"opens": 0, "opens_kept_cache": 0, "read_aheads": 0, "whole_reads": 0}
         self._prefetch_closed: Counter[str] = Counter()  # read-ahead stats of handles already released
         # --cache: data blocks and metadata on disk (None: memory only).
         self.cache = cache
@@ -552,30 +552,32 @@ class Filesystem:
         if writable and flags & os.O_TRUNC:
             async with self._lock(inode):
                 await self._truncate(inode, 0, rdwr=access == os.O_RDWR)
-        prefetcher = None
-        if inode.etag is not None and not inode.local:
-            prefetcher = await self._prefetcher(inode, direct)
-        return OpenResult(self._add_handle(inode, prefetcher, direct, access, writable), keep_cache, direct)
+        remote = inode.etag is not None and not inode.local
+        return OpenResult(self._add_handle(inode, remote, direct, access, writable), keep_cache, direct)
 
-    async def _prefetcher(self, inode: Inode, direct: bool) -> Prefetcher:
-        """Read-ahead of the inode's current version in the bucket."""
-        assert inode.etag is not None
-        source: RangeSource = self.client
+    def _source(self, key: str, etag: str, size: int, direct: bool) -> RangeSource:
+        """Where the bytes of one object version come from: the disk cache first, if there is one."""
         if self.blocks is not None and not direct:  # O_DIRECT bypasses every cache, this one too
-            source = CachedSource(self.client, self.blocks, inode.key, inode.etag, inode.size)
-        prefetcher = Prefetcher(source, inode.key, inode.size, inode.etag, self.budget,
+            return CachedSource(self.client, self.blocks, key, etag, size)
+        return self.client
+
+    async def _prefetcher(self, inode: Inode, key: str, etag: str, size: int, direct: bool) -> Prefetcher:
+        """Read-ahead of version ``etag`` of ``inode``'s object in the bucket."""
+        source = self._source(key, etag, size, direct)
+        self.open_counters["read_aheads"] += 1
+        prefetcher = Prefetcher(source, key, size, etag, self.budget,
                                 part_size=self.options.part_size, shared=self.shared_reads, identity=inode.ino)
         if self._nursery is None:
             raise FsError(errno.EIO, "filesystem not attached to a nursery")
         await prefetcher.start(self._nursery)
         return prefetcher
 
-    def _add_handle(self, inode: Inode, prefetcher: Prefetcher | None, direct: bool, access: int, writable: bool) -> int:
+    def _add_handle(self, inode: Inode, remote: bool, direct: bool, access: int, writable: bool) -> int:
         inode.open_handles += 1
         if writable:
             inode.write_handles += 1
-        return self._files.add(FileHandle(inode, inode.key, inode.etag, inode.size, prefetcher, direct,
-                                          writable=writable, readable=access != os.O_WRONLY))
+        return self._files.add(FileHandle(inode, inode.key, inode.etag, inode.size, None, direct,
+                                          writable=writable, readable=access != os.O_WRONLY, remote=remote))
 
     def _file(self, fh: int) -> FileHandle:
         handle = self._files.get(fh)
@@ -598,15 +600,19 @@ class Filesystem:
                 writer = inode.writer
                 if writer is not None:
                     return await writer.read(offset, size)
-        if handle.prefetcher is None:
-            # Opened while the file existed only here, and nothing writes it any more.
-            if not inode.local and inode.etag is not None:
-                await self._late_prefetcher(handle)  # committed since: read what was committed
-            elif offset < inode.size:  # its commit failed: the content is in the staging directory only
-                raise FsError(errno.EIO, f"{inode.key}: its upload failed; the data is in the staging directory")
-            if handle.prefetcher is None:
-                return b""
         try:
+            if handle.prefetcher is None:
+                if handle.remote and handle.etag is not None:
+                    if offset == 0 and size >= handle.size:
+                        return await self._read_whole(handle, handle.etag)
+                    await self._first_prefetcher(handle)  # the version pinned at open
+                # Opened while the file existed only here, and nothing writes it any more.
+                elif not inode.local and inode.etag is not None:
+                    await self._late_prefetcher(handle)  # committed since: read what was committed
+                elif offset < inode.size:  # its commit failed: the content is in the staging directory only
+                    raise FsError(errno.EIO, f"{inode.key}: its upload failed; the data is in the staging directory")
+                if handle.prefetcher is None:
+                    return b""
             return await handle.prefetcher.read(offset, size)
         except client_errors.PreconditionFailed:
             # The object changed since open: never mix versions. The next open sees the new one.
@@ -614,10 +620,37 @@ class Filesystem:
             handle.inode.cached_etag = None
             raise FsError(errno.ESTALE, f"{handle.key} changed while open") from None
 
+    async def _read_whole(self, handle: FileHandle, etag: str) -> bytes | bytearray:
+        """A first read that covers the whole object (a data loader's sample, ``cat`` of a small
+        file): one fetch of the pinned version, from the disk cache when it has it, and no
+        read-ahead to start and stop, as there is nothing after it to read ahead."""
+        if handle.size == 0:
+            return b""
+        source = self._source(handle.key, etag, handle.size, handle.direct)
+        await self.budget.acquire(handle.size)
+        try:
+            data = await source.get_range(handle.key, 0, handle.size, if_match=etag)
+        finally:
+            self.budget.release(handle.size)
+        if len(data) != handle.size:
+            raise FsError(errno.EIO, f"{handle.key}: {len(data)} bytes read instead of {handle.size}")
+        self.open_counters["whole_reads"] += 1
+        return data
+
+    async def _first_prefetcher(self, handle: FileHandle) -> None:
+        """The read-ahead of a handle opened on a version in the bucket, at its first read."""
+        assert handle.etag is not None
+        prefetcher = await self._prefetcher(handle.inode, handle.key, handle.etag, handle.size, handle.direct)
+        if handle.prefetcher is not None:  # another read of this handle did it meanwhile
+            await prefetcher.close()
+            return
+        handle.prefetcher = prefetcher
+
     async def _late_prefetcher(self, handle: FileHandle) -> None:
         """Give a handle opened before its file's first commit the committed version to read."""
         inode = handle.inode
-        prefetcher = await self._prefetcher(inode, handle.direct)
+        assert inode.etag is not None
+        prefetcher = await self._prefetcher(inode, inode.key, inode.etag, inode.size, handle.direct)
         if handle.prefetcher is not None:  # another read of this handle did it meanwhile
             await prefetcher.close()
             return
@@ -655,7 +688,7 @@ class Filesystem:
         self._listing_add(parent, name)
         access = flags & os.O_ACCMODE
         inode.writer = self._new_writer(inode, Condition(if_none_match=True), rdwr=access == os.O_RDWR)
-        fh = self._add_handle(inode, None, bool(flags & getattr(os, "O_DIRECT", 0)), access, True)
+        fh = self._add_handle(inode, False, bool(flags & getattr(os, "O_DIRECT", 0)), access, True)
         return OpenResult(fh, False, False), self._found(inode)
 
     def _check_new_name(self, parent: Inode, name: str, *, is_dir: bool = False) -> None:
@@ -763,6 +796,11 @@ class Filesystem:
             await writer.truncate(size)
         inode.size = size
         inode.mtime = time.time()
+
+    @property
+    def flush_needed(self) -> bool:
+        """Whether close(2) can have anything to do: not on a read-only mount, which writes nothing."""
+        return not self.options.read_only
 
     async def flush(self, fh: int) -> None:
         """close(2): commit what this handle wrote, so close reports a failed upload."""

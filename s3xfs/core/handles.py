@@ -18,10 +18,13 @@ class FileHandle:
     key: str
     etag: str | None  # reads are pinned to the version seen at open (None: nothing in the bucket yet)
     size: int
-    prefetcher: Prefetcher | None  # None when there was nothing to read from the bucket at open
+    prefetcher: Prefetcher | None  # made by the first read that needs the bucket (see ``remote``)
     direct: bool
     writable: bool = False  # opened for writing: flush and fsync commit, the last close cleans up
     readable: bool = True
+    # Opened on a version in the bucket: the first read that misses the page cache starts its
+    # read-ahead. Not at open: an open the page cache serves whole must not pay for a task.
+    remote: bool = False
 
 
 class HandleTable(Generic[T]):

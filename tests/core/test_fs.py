@@ -143,6 +143,31 @@ def test_read_and_changed_object_is_estale():
     run(check, keys={"f": data}, part_size=1024 * 1024)
 
 
+def test_an_open_starts_no_read_ahead_until_a_read_and_still_pins_its_version():
+    """An open the kernel's page cache serves whole never reads: it must not pay for a read-ahead
+    task. A first read that covers the whole object fetches it once, without one; a shorter one
+    starts the read-ahead. Both read the version seen at open, never a newer one."""
+    async def check(fs, client):
+        ino = await resolve(fs, "f")
+        client.calls.clear()
+        for _ in range(3):
+            handle = await fs.open(ino, os.O_RDONLY)
+            await fs.release(handle.fh)
+        assert sum(client.calls.values()) == 0
+        whole = await fs.open(ino, os.O_RDONLY)
+        part = await fs.open(ino, os.O_RDONLY)
+        assert bytes(await fs.read(whole.fh, 0, 4096)) == b"old content"
+        client.put_object_sync("f", b"new content, longer")
+        for fh, offset, size in ((whole.fh, 0, 4096), (part.fh, 0, 4096), (part.fh, 2, 3)):
+            with pytest.raises(FsError) as excinfo:
+                await fs.read(fh, offset, size)
+            assert excinfo.value.errno == errno.ESTALE
+        assert (fs.open_counters["whole_reads"], fs.open_counters["read_aheads"]) == (1, 1)
+        await fs.release(whole.fh)
+        await fs.release(part.fh)
+    run(check, keys={"f": b"old content"}, metadata_ttl=60)
+
+
 def test_read_only_refuses_writes():
     async def check(fs, client):
         ino = await resolve(fs, "f")

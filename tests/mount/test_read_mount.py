@@ -213,6 +213,27 @@ def test_page_cache_is_kept_while_the_etag_is_unchanged(server, mount_factory):
     assert server.stats()["requests"].get("GetObject", 0) == 0
 
 
+@pytest.mark.parametrize("read_only", [True, False], ids=["read-only", "read-write"])
+def test_closes_cost_a_flush_only_where_they_can_commit(server, mount_factory, tmp_path, read_only):
+    """A read-only mount answers the first FLUSH with ENOSYS, which tells the kernel to send no
+    more (close(2) has nothing to commit there); a read-write mount gets one per close. Either way,
+    a re-read the kernel's page cache serves whole reads nothing in the daemon."""
+    files = {f"d/f{n}": os.urandom(100_000) for n in range(10)}
+    for key, data in files.items():
+        server.client().put_object(Bucket=BUCKET, Key=key, Body=data)
+    args = ["--read-only"] if read_only else ["--staging-dir", str(tmp_path / "staging")]
+    mount = mount_factory(server, BUCKET, "--metadata-ttl", "60", *args)
+    for _ in range(2):
+        for key, data in files.items():
+            with open(mount.path / key, "rb", buffering=0) as f:
+                assert f.readall() == data
+    stats = stats_of(mount.path)
+    assert stats["fuse"]["requests"].get("flush", 0) == (1 if read_only else 20)
+    assert stats["fuse"]["errors"] == {}  # the ENOSYS is the protocol's answer, not a failure to report
+    # Only the first pass read through the daemon: each file once, whole (no read-ahead needed).
+    assert (stats["opens"]["whole_reads"], stats["opens"]["read_aheads"]) == (len(files), 0)
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="raising a mount's read-ahead needs root (sysfs)")
 def test_kernel_read_ahead_is_raised_after_fuse_init(server, mount_factory):
     mount = mount_factory(server, BUCKET, "--read-only")
