@@ -38,6 +38,7 @@ from botocore.config import Config
 from botocore.credentials import Credentials
 
 from . import errors
+from .listing_parser import FastListingParserFactory, use_fast_listings
 from .naming import BucketName
 from .protocol import DeleteFailure, ListPage, ObjectInfo, PutResult
 from .retry import RetryPolicy
@@ -129,9 +130,11 @@ class S3Client:
             read_timeout=READ_TIMEOUT, tcp_keepalive=True, use_fips_endpoint=options.fips,
             use_dualstack_endpoint=options.dualstack,
         )
-        boto_session._session.get_component("response_parser_factory").set_parser_defaults(
-            timestamp_parser=_fast_timestamp)
+        parsers = FastListingParserFactory()  # listing pages read in one pass, not shape by shape
+        parsers.set_parser_defaults(timestamp_parser=_fast_timestamp)
+        boto_session._session.register_component("response_parser_factory", parsers)
         self._boto = boto_session.client("s3", endpoint_url=options.endpoint_url, config=config)
+        use_fast_listings(self._boto)
         self._identity = _SigningIdentity()
         self._boto.meta.events.register_last("before-sign.s3", self._identity.before_sign)
         self.sessions: SessionManager | None = None
