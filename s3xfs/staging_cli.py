@@ -77,6 +77,8 @@ def staging_command(args: argparse.Namespace) -> int:
     from .cli import UsageError
 
     given = Path(args.staging_dir).absolute() if args.staging_dir else default_staging_dir()
+    if args.staging_dir and not given.is_dir():  # a typo must not read as "nothing staged"
+        raise UsageError(f"--staging-dir {given}: " + ("not a directory" if given.exists() else "no such directory"))
     directory = staging.private_directory(str(given))
     if args.action == "list":
         try:
