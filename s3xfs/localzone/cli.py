@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import NoReturn, TextIO
 
@@ -131,14 +132,22 @@ def main(argv: list[str] | None = None) -> int:
     except UsersFileError as exc:
         parser.exit(2, f"s3xfs-localzone: error: {exc}\n")
 
-    def stop(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
+    server: LocalZone | None = None
+    stop_requested = threading.Event()
 
-    # From here on SIGTERM, like Ctrl-C, unwinds through the finally below: exit 0, temporary root removed.
+    def stop(signum: int, _frame: object) -> None:
+        # A flag and a closed listener, not an exception: an exception raised by a signal handler
+        # can land where Python only reports it (and the server would then serve on).
+        stop_requested.set()
+        if server is not None:
+            server.stop_serving()
+
+    # From here on SIGTERM and SIGINT make serve_forever return, then the finally below runs: exit 0,
+    # temporary root removed.
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     temporary = args.root is None
     root = Path(tempfile.mkdtemp(prefix="s3xfs-localzone-")) if temporary else args.root
-    server: LocalZone | None = None
     try:
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -171,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in args.bucket:
             print(f"bucket: {name}")
         sys.stdout.flush()
-        server.serve_forever()
+        if not stop_requested.is_set():  # a signal during start-up: do not start serving
+            server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:

@@ -95,6 +95,16 @@ class LocalZone:
                 raise
             threading.Thread(target=self._connection, args=(conn, addr[0]), daemon=True).start()
 
+    def stop_serving(self) -> None:
+        """Make :meth:`serve_forever` return (now, or at once if it has not started): safe to
+        call from a signal handler, as it only sets a flag and shuts the listening socket."""
+        self._stopping.set()
+        if self._listener is not None:
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
     def shutdown(self, grace: float = 5.0) -> None:
         """Stop accepting, let requests in progress finish (up to ``grace`` seconds: their responses
         and access-log lines go out), then close the store."""
