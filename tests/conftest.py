@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,6 +18,12 @@ os.environ["AWS_SHARED_CREDENTIALS_FILE"] = "/nonexistent/s3xfs-tests/credential
 for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
              "AWS_ENDPOINT_URL", "AWS_S3_DISABLE_EXPRESS_SESSION_AUTH"):
     os.environ.pop(name, None)
+
+# A non-interactive shell starts background jobs (`./dev test &`) with SIGINT ignored, and an ignored
+# signal stays ignored across exec: every daemon, endpoint and `s3xfs warm` a test starts would then
+# shrug off the Ctrl-C the tests send. A handler of ours is reset to the default at exec instead.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")

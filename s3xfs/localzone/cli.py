@@ -136,8 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     stop_requested = threading.Event()
 
     def stop(signum: int, _frame: object) -> None:
-        # A flag and a closed listener, not an exception: an exception raised by a signal handler
-        # can land where Python only reports it (and the server would then serve on).
+        # Our own handler for SIGINT too: started in the background by a script, the process
+        # inherits SIGINT ignored, and Python would leave it so (`kill -INT` must still stop it).
+        # A flag and a shut listener rather than an exception: the clean-up below always runs.
         stop_requested.set()
         if server is not None:
             server.stop_serving()
