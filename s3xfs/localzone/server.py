@@ -108,12 +108,8 @@ class LocalZone:
     def shutdown(self, grace: float = 5.0) -> None:
         """Stop accepting, let requests in progress finish (up to ``grace`` seconds: their responses
         and access-log lines go out), then close the store."""
-        self._stopping.set()
+        self.stop_serving()
         if self._listener is not None:
-            try:
-                self._listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self._listener.close()
         with self._idle:
             self._idle.wait_for(lambda: self._active == 0, timeout=grace)
