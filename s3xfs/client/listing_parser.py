@@ -1,8 +1,7 @@
 """A faster reader of ListObjectsV2 pages for botocore.
 
 botocore turns every XML element of a response into a value by walking the operation's model shape
-by shape, in Python: for a page of 1,000 keys that is about 90,000 calls, most of a listing's cost
-on the client (``find`` and a cold ``ls -l`` are listings). This parser reads the page with one
+by shape, several Python calls for every field of every key: most of a listing's cost on the client (``find`` and a cold ``ls -l`` are listings). This parser reads the page with one
 ElementTree parse and one loop over its entries, and yields the same structure botocore would, so
 the rest of botocore (the ``after-call`` handler that decodes ``EncodingType=url`` keys, errors,
 retries, the response metadata) works unchanged. Every other response, and any page this parser

@@ -602,9 +602,9 @@ class Filesystem:
                     return await writer.read(offset, size)
         try:
             if handle.prefetcher is None:
-                if handle.remote and handle.etag is not None:
+                if handle.remote:
                     if offset == 0 and size >= handle.size:
-                        return await self._read_whole(handle, handle.etag)
+                        return await self._read_whole(handle)
                     await self._first_prefetcher(handle)  # the version pinned at open
                 # Opened while the file existed only here, and nothing writes it any more.
                 elif not inode.local and inode.etag is not None:
@@ -620,10 +620,12 @@ class Filesystem:
             handle.inode.cached_etag = None
             raise FsError(errno.ESTALE, f"{handle.key} changed while open") from None
 
-    async def _read_whole(self, handle: FileHandle, etag: str) -> bytes | bytearray:
+    async def _read_whole(self, handle: FileHandle) -> bytes | bytearray:
         """A first read that covers the whole object (a data loader's sample, ``cat`` of a small
         file): one fetch of the pinned version, from the disk cache when it has it, and no
         read-ahead to start and stop, as there is nothing after it to read ahead."""
+        etag = handle.etag
+        assert etag is not None  # a remote handle pinned a version at open
         if handle.size == 0:
             return b""
         source = self._source(handle.key, etag, handle.size, handle.direct)

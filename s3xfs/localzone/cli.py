@@ -183,8 +183,6 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
         if not stop_requested.is_set():  # a signal during start-up: do not start serving
             server.serve_forever()
-    except KeyboardInterrupt:
-        pass
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second signal must not interrupt the clean-up
         signal.signal(signal.SIGINT, signal.SIG_IGN)

@@ -46,9 +46,10 @@ T = TypeVar("T")
 DEFAULT_SHARE = 0.10  # of the free space under the cache directory: leaves the disk to its owner
 MIN_DEFAULT_SIZE = 256 << 20  # a nearly full disk still gets a cache worth having
 MIN_SIZE = 16 << 20  # below this, one training batch evicts the last
-# Reads in flight: one per reader of a data loader (8 is common). After a restart the blocks come
-# from disk, and with 4 threads half the readers queued behind the others' disk reads (bench
-# training, epoch 2 after a remount: about 1,800 files/s with 4, 2,200 with 8, no more with 16).
+# Reads in flight: one per reader of a data loader (8 is common), so that after a restart, when the
+# blocks come from disk, no reader's read waits behind another's. `./dev bench training --quick`
+# does not tell 4 from 8 beyond its noise (epoch 2 after a remount: 2,257 and 1,987 files/s with 4;
+# 2,308 and 1,897 with 8).
 DISK_THREADS = 8
 SQLITE_TIMEOUT = 5.0  # seconds a call waits for another process's lock before it is a miss
 # Entries evicted per store once over the cap: each store adds one entry, so two keep the volume at
