@@ -228,7 +228,8 @@ def _sections(stats: dict[str, Any]) -> list[Section]:
     remote = lookups.get("lookups_remote", 0)
     rows.append(("lookups", ratio(local, local + remote),
                  f"{count(local)} of {count(local + remote)} answered from memory"))
-    rows.append(("directory listings", count(lookups.get("listings", 0)), "LISTs of whole directories"))
+    rows.append(("directory listings", count(lookups.get("listings", 0)),
+                 f"LISTs of whole directories; {count(lookups.get('listings_ahead', 0))} ahead of a traversal"))
     cache = stats.get("cache")
     if cache:
         blocks = cache.get("blocks") or {}

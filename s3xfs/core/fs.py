@@ -32,6 +32,7 @@ from .errors import FsError
 from .gather import gather
 from .handles import FileHandle, HandleTable
 from .inodes import ROOT_INODE, Inode, InodeTable
+from .list_ahead import ListAhead
 from .names import KEY_MAX, NAME_MAX, name_problem
 from .prefetch import MemoryBudget, Prefetcher, RangeSource, SharedReads
 from .readdir import DirEntry, DirHandle
@@ -51,6 +52,9 @@ DISK_RECHECK = 1.0  # seconds before the disk cache is asked again for a listing
 # file), unless its listing is longer than this many pages (1,000 names each): then HEAD+LIST per name.
 LIST_FOR_LOOKUPS_AFTER = 1
 LIST_FOR_LOOKUPS_PAGES = 10
+# Listings made ahead of a traversal (core/list_ahead.py) run this many at once, so that they take
+# a share of the client's connections and never all of them from the walk's own requests.
+LIST_AHEAD_CONCURRENCY = 4
 
 
 @dataclass(frozen=True)
@@ -119,7 +123,10 @@ class Filesystem:
         self._nursery: trio.Nursery | None = None
         self._hidden_logged: set[str] = set()
         # How lookups were answered (for live stats): from the cache, negatively from the cache, or remotely.
-        self.counters = {"lookups_remote": 0, "lookups_cached": 0, "lookups_negative_cached": 0, "listings": 0}
+        self.counters = {"lookups_remote": 0, "lookups_cached": 0, "lookups_negative_cached": 0, "listings": 0,
+                         "listings_ahead": 0}
+        self.list_ahead = ListAhead()
+        self._list_ahead_limiter = trio.CapacityLimiter(LIST_AHEAD_CONCURRENCY)
         # Opens, and those that kept the kernel's page cache of the file (same ETag as last time).
         self.open_counters = {"opens": 0, "opens_kept_cache": 0, "read_aheads": 0, "whole_reads": 0}
         self._prefetch_closed: Counter[str] = Counter()  # read-ahead stats of handles already released
@@ -376,10 +383,48 @@ class Filesystem:
 
     async def opendir(self, ino: int) -> int:
         handle = DirHandle(self._dir(ino))
+        self._list_siblings_ahead(handle.inode)
+        if handle.inode.listing_done is not None:  # listed ahead, or for lookups, right now: share it
+            await handle.inode.listing_done.wait()
         if not self._reuse_listing(handle):
             if not (await self._restore_listing(handle.inode) and self._reuse_listing(handle)):
                 await self._load(handle)
         return self._dirs.add(handle)
+
+    def _list_siblings_ahead(self, directory: Inode) -> None:
+        """A traversal opening the subdirectories of a parent one by one: list the next ones now
+        (core/list_ahead.py), in the background, within the metadata TTL only."""
+        parent = self.inodes.get(directory.parent)
+        now = self._clock()
+        if (self._nursery is None or parent is None or parent is directory or parent.listing is None
+                or parent.listing_expires <= now or self.options.metadata_ttl <= 0):
+            return
+        for name in self.list_ahead.opened(parent.ino, parent.listing, directory.name):
+            sibling = self.inodes.child(parent.ino, name)
+            if (sibling is None or not sibling.is_dir or sibling.local or sibling.listing_done is not None
+                    or (sibling.listing is not None and sibling.listing_expires > now)):
+                continue
+            sibling.listing_done = trio.Event()  # from now on, its opendir and lookups wait for this listing
+            self._nursery.start_soon(self._list_ahead, sibling)
+
+    async def _list_ahead(self, directory: Inode) -> None:
+        """List a directory before it is opened (its ``listing_done`` is set by the caller). A
+        failure is left for the opendir to meet and report; nothing is raised here."""
+        done = directory.listing_done
+        try:
+            async with self._list_ahead_limiter:
+                if await self._restore_listing(directory):
+                    return
+                started = time.time()
+                result = await self._list_remote(directory, max_pages=LIST_FOR_LOOKUPS_PAGES)
+                if result is not None:  # a longer one is listed by its own opendir, page by page
+                    self._listed(directory, *result, started)
+                    self.counters["listings_ahead"] += 1
+        except Exception as exc:  # noqa: BLE001 - only an optimisation failed: the opendir lists again
+            log.debug("listing %r ahead of a traversal failed: %s", directory.key, exc)
+        finally:
+            directory.listing_done = None
+            done.set()
 
     def _reuse_listing(self, handle: DirHandle) -> bool:
         """Within the TTL, a directory's last listing is still the answer: no request."""

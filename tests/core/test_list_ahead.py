@@ -1,0 +1,181 @@
+"""Directory read-ahead: a traversal's next subdirectories are listed early, once each, correctly."""
+
+from __future__ import annotations
+
+import pytest
+import trio
+import trio.testing
+
+from s3xfs.client import errors
+from s3xfs.client.memory import MemoryClient
+from s3xfs.core.fs import Filesystem
+from s3xfs.core.inodes import ROOT_INODE
+from s3xfs.core.list_ahead import ListAhead
+from tests.support.core import names, resolve, run_filesystem
+
+SUBDIRS = 20
+TREE = {f"top/d{n:02}/f{i}": bytes([n, i]) for n in range(SUBDIRS) for i in range(3)}
+
+
+def run(fs_test, **options):
+    return run_filesystem(fs_test, MemoryClient(seed=3), keys=TREE, **options)
+
+
+async def walk(fs: Filesystem, ino: int, path: str = "") -> dict[str, set[str]]:
+    """Depth first in readdir order, as find(1) does: every directory's names by path."""
+    fh = await fs.opendir(ino)
+    try:
+        entries = [entry for _, entry in fs.readdir(fh, 0) if entry.name not in (".", "..")]
+    finally:
+        fs.releasedir(fh)
+    tree = {path: {entry.name for entry in entries}}
+    for entry in entries:
+        if entry.inode.is_dir:
+            tree |= await walk(fs, entry.inode.ino, f"{path}/{entry.name}")
+    return tree
+
+
+def expected_tree() -> dict[str, set[str]]:
+    tree = {"": {"top"}, "/top": {f"d{n:02}" for n in range(SUBDIRS)}}
+    tree |= {f"/top/d{n:02}": {"f0", "f1", "f2"} for n in range(SUBDIRS)}
+    return tree
+
+
+def test_decides_nothing_before_the_second_subdirectory_then_keeps_a_window_ahead():
+    ahead = ListAhead(window=3)
+    listing = [f"d{n}" for n in range(10)]
+    assert ahead.opened(7, listing, "d0") == []
+    assert ahead.opened(7, listing, "d1") == ["d2", "d3", "d4"]
+    assert ahead.opened(7, listing, "d2") == ["d5"]
+    assert ahead.opened(7, listing, "d9") == []  # nothing after the last one
+    assert ahead.opened(7, listing, "made-here") == []  # not in the listing: no order to follow
+    newer = list(listing)
+    assert ahead.opened(7, newer, "d4") == []  # a newer listing of the parent: detection starts over
+    assert ahead.opened(7, newer, "d5") == ["d6", "d7", "d8"]
+
+
+def test_a_walk_lists_every_directory_once_and_most_of_them_ahead():
+    async def check(fs, client):
+        assert await walk(fs, ROOT_INODE) == expected_tree()
+        # The root, top, and each subdirectory: one LIST each, none twice, although most were
+        # listed before their opendir came (and some opendirs waited for theirs under way).
+        assert client.calls["ListObjectsV2"] == 2 + SUBDIRS
+        assert fs.counters["listings"] == 2 + SUBDIRS
+        assert fs.counters["listings_ahead"] == SUBDIRS - 2
+    run(check, metadata_ttl=60)
+
+
+def test_listings_ahead_overlap_when_the_bucket_is_slow():
+    async def check(fs, client):
+        client.latency = 0.02
+        in_flight = peak = 0
+        original = client.list
+
+        async def counting_list(prefix, **kwargs):
+            nonlocal in_flight, peak
+            in_flight += 1
+            peak = max(peak, in_flight)
+            try:
+                async for page in original(prefix, **kwargs):
+                    yield page
+            finally:
+                in_flight -= 1
+
+        client.list = counting_list
+        assert await walk(fs, ROOT_INODE) == expected_tree()
+        assert peak > 1  # without read-ahead a walk has one LIST in flight at a time
+        assert client.calls["ListObjectsV2"] == 2 + SUBDIRS
+    run(check, metadata_ttl=60)
+
+
+def test_one_open_of_one_subdirectory_lists_nothing_else():
+    async def check(fs, client):
+        top = await resolve(fs, "top")
+        await names(fs, top)
+        client.calls.clear()
+        assert await names(fs, await resolve(fs, "top/d03")) == {"f0", "f1", "f2"}
+        await trio.testing.wait_all_tasks_blocked()
+        assert client.calls["ListObjectsV2"] == 1 and fs.counters["listings_ahead"] == 0
+    run(check, metadata_ttl=60)
+
+
+def test_without_metadata_caching_nothing_is_listed_ahead():
+    async def check(fs, client):
+        assert await walk(fs, ROOT_INODE) == expected_tree()
+        assert fs.counters["listings_ahead"] == 0
+        assert client.calls["ListObjectsV2"] == 2 + SUBDIRS
+    run(check, metadata_ttl=0)
+
+
+def test_a_failed_listing_ahead_is_the_opendir_s_to_retry_and_report():
+    async def check(fs, client):
+        top = await resolve(fs, "top")
+        order = [entry.name for entry in await _entries(fs, top)]
+        d = {name: await resolve(fs, f"top/{name}") for name in order}
+        await names(fs, d[order[0]])
+        client.fail_next("ListObjectsV2", errors.AccessDenied("denied"), key=f"top/{order[2]}/")
+        await names(fs, d[order[1]])  # lists order[2..9] ahead: order[2]'s fails
+        await trio.testing.wait_all_tasks_blocked()
+        assert fs.counters["listings_ahead"] == 7
+        before = client.calls["ListObjectsV2"]
+        assert await names(fs, d[order[2]]) == {"f0", "f1", "f2"}  # its opendir lists it again
+        assert client.calls["ListObjectsV2"] == before + 1
+        # Refused every time: the listing ahead fails quietly, the opendir reports the refusal.
+        client.fail_next("ListObjectsV2", errors.AccessDenied("denied"), times=2, key=f"top/{order[10]}/")
+        await names(fs, d[order[3]])  # lists order[10] ahead
+        await trio.testing.wait_all_tasks_blocked()
+        with pytest.raises(errors.AccessDenied):
+            await names(fs, d[order[10]])
+    run(check, metadata_ttl=60)
+
+
+async def _entries(fs: Filesystem, ino: int):
+    fh = await fs.opendir(ino)
+    try:
+        return [entry for _, entry in fs.readdir(fh, 0) if entry.name not in (".", "..")]
+    finally:
+        fs.releasedir(fh)
+
+
+def test_an_opendir_waits_for_the_listing_under_way_instead_of_sending_another():
+    async def check(fs, client):
+        top = await resolve(fs, "top")
+        order = [entry.name for entry in await _entries(fs, top)]
+        d = {name: await resolve(fs, f"top/{name}") for name in order}
+        await names(fs, d[order[0]])
+        base = client.calls["ListObjectsV2"]
+        gate = trio.Event()
+
+        async def hold_order_2(operation, key):
+            if key == f"top/{order[2]}/":
+                await gate.wait()
+
+        client.before_call = hold_order_2
+        await names(fs, d[order[1]])  # its own listing; order[2..9] are listed ahead meanwhile
+        assert fs.inodes.get(d[order[2]]).listing_done is not None  # held under way
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(names, fs, d[order[2]])
+            await trio.testing.wait_all_tasks_blocked()
+            gate.set()  # the opendir waited for the listing under way instead of sending its own
+        await trio.testing.wait_all_tasks_blocked()
+        # order[1] itself, order[2..9] ahead, order[10] ahead of order[2]'s open: each once.
+        assert client.calls["ListObjectsV2"] == base + 10
+        assert await names(fs, d[order[2]]) == {"f0", "f1", "f2"}
+        assert client.calls["ListObjectsV2"] == base + 10
+    run(check, metadata_ttl=60)
+
+
+def test_a_change_made_while_a_listing_ahead_is_under_way_is_kept():
+    async def check(fs, client):
+        top = await resolve(fs, "top")
+        order = [entry.name for entry in await _entries(fs, top)]
+        d = {name: await resolve(fs, f"top/{name}") for name in order}
+        await names(fs, d[order[0]])
+        client.latency = 0.05
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(names, fs, d[order[1]])  # starts the listings ahead of order[2..]
+            await trio.sleep(0.01)
+            await fs.unlink(d[order[2]], "f1")  # while order[2]'s listing is in flight
+        client.latency = 0
+        assert await names(fs, d[order[2]]) == {"f0", "f2"}
+    run(check, metadata_ttl=60)
