@@ -399,7 +399,7 @@ class Filesystem:
         if (self._nursery is None or parent is None or parent is directory or parent.listing is None
                 or parent.listing_expires <= now or self.options.metadata_ttl <= 0):
             return
-        for name in self.list_ahead.opened(parent.ino, parent.listing, directory.name):
+        for name in self.list_ahead.opened(parent.ino, parent.listing, parent.listing_dirs, directory.name):
             sibling = self.inodes.child(parent.ino, name)
             if (sibling is None or not sibling.is_dir or sibling.local or sibling.listing_done is not None
                     or (sibling.listing is not None and sibling.listing_expires > now)):
@@ -519,6 +519,7 @@ class Filesystem:
                 self.inodes.remove_name(directory.ino, child.name)
         directory.listing_expires = self._clock() + ttl
         directory.listing = [entry.name for entry in entries[2:]]
+        directory.listing_dirs = len(dirs)  # listed first: the subdirectories a traversal follows
         directory.remote_lookups = 0
         return entries
 

@@ -33,7 +33,8 @@ class _Walk:
     """Where the walk of one parent's subdirectories stands, for one listing of that parent."""
 
     names: list[str]  # the parent's listing (identity tells a newer listing apart)
-    positions: dict[str, int] = field(default_factory=dict)  # made on first use: one pass per listing
+    subdirs: int  # how many names at its front are subdirectories: only they are followed
+    positions: dict[str, int] = field(default_factory=dict)  # of those names; made on first use
     opened: int = 0  # subdirectories opened so far
     scheduled_until: int = 0  # listing positions before this one were already considered
 
@@ -46,19 +47,22 @@ class ListAhead:
         self.traversal_after = traversal_after
         self._walks: OrderedDict[int, _Walk] = OrderedDict()
 
-    def opened(self, parent_ino: int, listing: list[str], name: str) -> list[str]:
-        """Subdirectory ``name`` of the parent (whose current listing is ``listing``) is being opened:
-        the names that follow it in the listing and have not been offered yet, up to the window,
-        once the walk counts as a traversal. The caller skips names that are not directories or
-        whose listing is fresh or under way."""
+    def opened(self, parent_ino: int, listing: list[str], subdirs: int, name: str) -> list[str]:
+        """Subdirectory ``name`` of the parent is being opened; the parent's current listing is
+        ``listing``, whose first ``subdirs`` names are its subdirectories (a listing puts them
+        first, so a directory of a million files and a few subdirectories costs a few entries
+        here). The subdirectories that follow ``name`` and were not offered yet, up to the window,
+        once the walk counts as a traversal. The caller skips names that are no longer
+        directories (the listing changes in place as this mount adds and removes names) and
+        those whose listing is fresh or under way."""
         walk = self._walks.get(parent_ino)
         if walk is None or walk.names is not listing:
-            walk = self._walks[parent_ino] = _Walk(listing)
+            walk = self._walks[parent_ino] = _Walk(listing, subdirs)
             while len(self._walks) > TRACKED_PARENTS:
                 self._walks.popitem(last=False)
         self._walks.move_to_end(parent_ino)
         if not walk.positions:
-            walk.positions = {child: index for index, child in enumerate(listing)}
+            walk.positions = {child: index for index, child in enumerate(listing[:walk.subdirs])}
         position = walk.positions.get(name)
         if position is None:
             return []  # not from this listing (made here since): no order to follow
@@ -66,7 +70,7 @@ class ListAhead:
         if walk.opened < self.traversal_after:
             return []
         start = max(position + 1, walk.scheduled_until)
-        end = min(position + 1 + self.window, len(listing))
+        end = min(position + 1 + self.window, walk.subdirs, len(listing))
         if start >= end:
             return []
         walk.scheduled_until = end

@@ -44,14 +44,22 @@ def expected_tree() -> dict[str, set[str]]:
 def test_decides_nothing_before_the_second_subdirectory_then_keeps_a_window_ahead():
     ahead = ListAhead(window=3)
     listing = [f"d{n}" for n in range(10)]
-    assert ahead.opened(7, listing, "d0") == []
-    assert ahead.opened(7, listing, "d1") == ["d2", "d3", "d4"]
-    assert ahead.opened(7, listing, "d2") == ["d5"]
-    assert ahead.opened(7, listing, "d9") == []  # nothing after the last one
-    assert ahead.opened(7, listing, "made-here") == []  # not in the listing: no order to follow
+    assert ahead.opened(7, listing, 10, "d0") == []
+    assert ahead.opened(7, listing, 10, "d1") == ["d2", "d3", "d4"]
+    assert ahead.opened(7, listing, 10, "d2") == ["d5"]
+    assert ahead.opened(7, listing, 10, "d9") == []  # nothing after the last one
+    assert ahead.opened(7, listing, 10, "made-here") == []  # not in the listing: no order to follow
     newer = list(listing)
-    assert ahead.opened(7, newer, "d4") == []  # a newer listing of the parent: detection starts over
-    assert ahead.opened(7, newer, "d5") == ["d6", "d7", "d8"]
+    assert ahead.opened(7, newer, 10, "d4") == []  # a newer listing of the parent: detection starts over
+    assert ahead.opened(7, newer, 10, "d5") == ["d6", "d7", "d8"]
+
+
+def test_follows_only_the_subdirectories_at_the_front_of_a_listing():
+    ahead = ListAhead(window=3)
+    listing = ["a", "b", "c", "d"] + [f"file{n}" for n in range(1000)]
+    assert ahead.opened(1, listing, 4, "a") == []
+    assert ahead.opened(1, listing, 4, "b") == ["c", "d"]  # never the files that follow
+    assert ahead.opened(1, listing, 4, "file3") == []  # not a subdirectory: no position
 
 
 def test_a_walk_lists_every_directory_once_and_most_of_them_ahead():
