@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.localzone import DIRECTORY_BUCKET as BUCKET, LocalZone
-from tests.support.mount import needs_fuse, s3xfs_command
+from tests.support.mount import needs_fuse, s3xfs_command, stats_of
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
 MiB = 1024 * 1024
@@ -58,6 +58,24 @@ def test_find_ls_stat_cat_sha256sum(server, mount_factory):
         digest, name = line.split("  ", 1)
         assert expected[name] == digest
     assert (mount.path / "dir0" / "top 0.txt").read_text() == "top 0\n"
+
+
+def test_find_lists_the_next_subdirectories_ahead_and_each_directory_once(server, mount_factory):
+    s3 = server.client()
+    keys = [f"walk/d{d:02}/f{f}" for d in range(12) for f in range(3)]
+    for key in keys:
+        s3.put_object(Bucket=BUCKET, Key=key, Body=key.encode())
+    mount = mount_factory(server, BUCKET, "--read-only", "--metadata-ttl", "60")
+    assert os.listdir(mount.path) == ["walk"]
+    before = stats_of(mount.path)["lookups"]
+    found = subprocess.run(["find", "walk", "-type", "f"], cwd=mount.path, capture_output=True, text=True, check=True)
+    assert sorted(found.stdout.split()) == keys
+    after = stats_of(mount.path)["lookups"]
+    # walk/ and its 12 subdirectories, each listed once; the kernel opened them in readdir order,
+    # so all but the first two (which make the walk a traversal) were listed before their opendir.
+    assert after["listings"] - before["listings"] == 13, (before, after)
+    assert after["listings_ahead"] - before["listings_ahead"] == 10, (before, after)
+    assert (mount.path / "walk" / "d11" / "f2").read_bytes() == b"walk/d11/f2"
 
 
 def test_listing_serves_later_lookups_without_head_requests(server, mount_factory):

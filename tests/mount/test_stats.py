@@ -20,7 +20,7 @@ from s3xfs.cli import build_parser
 from s3xfs.cli import main as s3xfs_main
 from s3xfs.stats import StatsError, ask, find_mount
 from tests.support.localzone import DIRECTORY_BUCKET as BUCKET, LocalZone
-from tests.support.mount import force_unmount, is_mounted, needs_fuse, s3xfs_command
+from tests.support.mount import force_unmount, is_mounted, needs_fuse, s3xfs_command, stats_of
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
 MiB = 1024 * 1024
@@ -30,13 +30,6 @@ NOBODY = 65534
 @pytest.fixture
 def server(localzone_factory) -> LocalZone:
     return localzone_factory("--bucket", BUCKET)
-
-
-def stats_of(path: Path) -> dict[str, Any]:
-    """The mount's stats through the CLI (--json), as a user would get them."""
-    result = subprocess.run(s3xfs_command("stats", str(path), "--json"), capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
 
 
 def run_stats(*args: str) -> subprocess.CompletedProcess[str]:

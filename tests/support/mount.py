@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -31,6 +33,13 @@ def mount_env(access_key: str = ACCESS_KEY, secret_key: str = SECRET_KEY) -> dic
 
 def s3xfs_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "s3xfs.cli", *args]
+
+
+def stats_of(path: Path) -> dict[str, Any]:
+    """The mount's stats through the CLI (--json), as a user would get them."""
+    result = subprocess.run(s3xfs_command("stats", str(path), "--json"), capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
 
 
 class NotifySocket:
