@@ -127,6 +127,7 @@ class Filesystem:
                          "listings_ahead": 0}
         self.list_ahead = ListAhead()
         self._list_ahead_limiter = trio.CapacityLimiter(LIST_AHEAD_CONCURRENCY)
+        self._queued_ahead: dict[int, trio.CancelScope] = {}  # listings ahead waiting for the limiter
         # Opens, and those that kept the kernel's page cache of the file (same ETag as last time).
         self.open_counters = {"opens": 0, "opens_kept_cache": 0, "read_aheads": 0, "whole_reads": 0}
         self._prefetch_closed: Counter[str] = Counter()  # read-ahead stats of handles already released
@@ -384,6 +385,9 @@ class Filesystem:
     async def opendir(self, ino: int) -> int:
         handle = DirHandle(self._dir(ino))
         self._list_siblings_ahead(handle.inode)
+        queued = self._queued_ahead.get(ino)
+        if queued is not None:
+            queued.cancel()  # its listing ahead still waits for a turn: the opendir lists it now
         if handle.inode.listing_done is not None:  # listed ahead, or for lookups, right now: share it
             await handle.inode.listing_done.wait()
         if not self._reuse_listing(handle):
@@ -399,27 +403,43 @@ class Filesystem:
         if (self._nursery is None or parent is None or parent is directory or parent.listing is None
                 or parent.listing_expires <= now or self.options.metadata_ttl <= 0):
             return
-        for name in self.list_ahead.opened(parent.ino, parent.listing, parent.listing_dirs, directory.name):
+        for name in self.list_ahead.opened(parent.ino, parent.listing_version, parent.listing, parent.listing_dirs,
+                                           directory.name, now, self.options.metadata_ttl):
             sibling = self.inodes.child(parent.ino, name)
-            if (sibling is None or not sibling.is_dir or sibling.local or sibling.listing_done is not None
+            if (sibling is None or not sibling.is_dir or sibling.local or sibling.too_long
+                    or sibling.listing_done is not None
                     or (sibling.listing is not None and sibling.listing_expires > now)):
                 continue
+            queued = trio.CancelScope()
+            self._nursery.start_soon(self._list_ahead, sibling, queued)
             sibling.listing_done = trio.Event()  # from now on, its opendir and lookups wait for this listing
-            self._nursery.start_soon(self._list_ahead, sibling)
+            self._queued_ahead[sibling.ino] = queued
 
-    async def _list_ahead(self, directory: Inode) -> None:
+    async def _list_ahead(self, directory: Inode, queued: trio.CancelScope) -> None:
         """List a directory before it is opened (its ``listing_done`` is set by the caller). A
-        failure is left for the opendir to meet and report; nothing is raised here."""
+        failure is left for the opendir to meet and report; nothing is raised here. While it waits
+        for a turn, the directory's own opendir may cancel it and list the directory itself."""
         done = directory.listing_done
         try:
-            async with self._list_ahead_limiter:
+            with queued:
+                try:
+                    await self._list_ahead_limiter.acquire()
+                finally:
+                    self._queued_ahead.pop(directory.ino, None)
+            if queued.cancelled_caught:
+                return
+            try:
                 if await self._restore_listing(directory):
                     return
                 started = time.time()
                 result = await self._list_remote(directory, max_pages=LIST_FOR_LOOKUPS_PAGES)
-                if result is not None:  # a longer one is listed by its own opendir, page by page
+                if result is None:  # longer: its own opendir lists it page by page, and no walk again
+                    directory.too_long = True
+                else:
                     self._listed(directory, *result, started)
                     self.counters["listings_ahead"] += 1
+            finally:
+                self._list_ahead_limiter.release()
         except Exception as exc:  # noqa: BLE001 - only an optimisation failed: the opendir lists again
             log.debug("listing %r ahead of a traversal failed: %s", directory.key, exc)
         finally:
@@ -520,6 +540,7 @@ class Filesystem:
         directory.listing_expires = self._clock() + ttl
         directory.listing = [entry.name for entry in entries[2:]]
         directory.listing_dirs = len(dirs)  # listed first: the subdirectories a traversal follows
+        directory.listing_version += 1
         directory.remote_lookups = 0
         return entries
 

@@ -36,6 +36,7 @@ class Inode:
     listing_expires: float = 0.0  # directories: a complete listing of the children is valid until
     listing: list[str] | None = None  # directories: the child names of that listing
     listing_dirs: int = 0  # directories: how many names at the front of ``listing`` are subdirectories
+    listing_version: int = 0  # directories: which listing ``listing`` is (each complete listing adds one)
     lookups: int = 0
     open_handles: int = 0
     cached_etag: str | None = None  # the ETag whose data the kernel page cache may hold
