@@ -266,7 +266,10 @@ def test_sixty_seconds_of_two_second_sessions_without_a_failed_operation(localzo
     print(f"\n[sessions] {done[0]} operations in {elapsed:.0f} s, {created} CreateSession, "
           f"refresh latency mean {stats['latency_mean'] * 1000:.1f} ms max {stats['latency_max'] * 1000:.1f} ms")
     assert failures == []
-    assert created == stats["created"]  # no session came from anywhere else
+    # No session came from anywhere else. The server may count a few the client never got: a
+    # CreateSession still in flight when the client closed, or one whose answer timed out (a
+    # session failure on the client's side; the refresher tried again).
+    assert stats["created"] <= created <= stats["created"] + stats["failures"] + 1, (created, stats)
     # Lifetimes are 1-2 s as seen by the client (Expiration has whole seconds); a refresh happens
     # when half the lifetime (plus up to 10% jitter) remains: one session per 0.4-1.0 s.
     assert elapsed / 1.0 * 0.9 <= created <= elapsed / 0.4 * 1.1
