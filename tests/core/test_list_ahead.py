@@ -58,6 +58,21 @@ def test_decides_nothing_before_the_walk_moves_on_then_keeps_a_window_ahead():
     assert ahead.opened(7, 2, listing, 10, "d5", 0.8, INF) == ["d6", "d7", "d8"]
 
 
+def test_a_walk_in_name_order_is_followed_in_name_order():
+    ahead = ListAhead(window=3)
+    listing = ["c", "a", "e", "b", "d", "g", "f"]  # a directory bucket's readdir order: no order
+    assert ahead.opened(1, 1, listing, 7, "a", 0.0, INF) == []
+    assert ahead.opened(1, 1, listing, 7, "b", 0.1, INF) == ["c", "d", "e"]  # ls -R, rsync, ImageFolder
+    assert ahead.opened(1, 1, listing, 7, "c", 0.2, INF) == ["f"]
+
+
+def test_a_walk_in_no_known_order_lists_nothing_ahead():
+    ahead = ListAhead(window=3)
+    listing = [f"d{n}" for n in range(10)]
+    for t, name in enumerate(["d3", "d7", "d1", "d9", "d5", "d0"]):
+        assert ahead.opened(1, 1, listing, 10, name, t / 10, INF) == []
+
+
 def test_reopening_one_subdirectory_is_never_a_traversal():
     ahead = ListAhead(window=3)
     listing = [f"d{n}" for n in range(10)]

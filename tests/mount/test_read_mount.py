@@ -79,6 +79,22 @@ def test_find_lists_the_next_subdirectories_ahead_and_each_directory_once(server
     assert (mount.path / "walk" / "d11" / "f2").read_bytes() == b"walk/d11/f2"
 
 
+def test_ls_r_lists_ahead_in_name_order_on_an_unordered_bucket(server, mount_factory):
+    s3 = server.client()
+    for d in range(12):
+        s3.put_object(Bucket=BUCKET, Key=f"walk/d{d:02}/f", Body=b"x")
+    mount = mount_factory(server, BUCKET, "--read-only", "--metadata-ttl", "60")
+    assert os.listdir(mount.path) == ["walk"]
+    before = stats_of(mount.path)["lookups"]
+    listed = subprocess.run(["ls", "-R", "walk"], cwd=mount.path, capture_output=True, text=True, check=True,
+                            env={**os.environ, "LC_ALL": "C"})
+    assert listed.stdout.count("\nf\n") == 12
+    after = stats_of(mount.path)["lookups"]
+    # ls -R opens the subdirectories sorted by name, not in the bucket's (unordered) listing order.
+    assert after["listings"] - before["listings"] == 13, (before, after)
+    assert 5 <= after["listings_ahead"] - before["listings_ahead"] <= 10, (before, after)
+
+
 def test_listing_serves_later_lookups_without_head_requests(server, mount_factory):
     make_tree(server)
     mount = mount_factory(server, BUCKET, "--read-only", "--metadata-ttl", "60")
