@@ -104,6 +104,7 @@ def main() -> int:
         server.terminate()
         server.wait(timeout=15)
         shutil.rmtree(workdir, ignore_errors=True)
+        print("\ndemo done: unmounted, endpoint stopped, its temporary files removed")
 
 
 if __name__ == "__main__":
