@@ -21,13 +21,24 @@ def run(fs_test, **options):
     return run_filesystem(fs_test, MemoryClient(seed=3), keys=TREE, **options)
 
 
-async def walk(fs: Filesystem, ino: int, path: str = "") -> dict[str, set[str]]:
-    """Depth first in readdir order, as find(1) does: every directory's names by path."""
+async def entries_of(fs: Filesystem, ino: int) -> list:
+    """A directory's entries in readdir order (one opendir), without . and .."""
     fh = await fs.opendir(ino)
     try:
-        entries = [entry for _, entry in fs.readdir(fh, 0) if entry.name not in (".", "..")]
+        return [entry for _, entry in fs.readdir(fh, 0) if entry.name not in (".", "..")]
     finally:
         fs.releasedir(fh)
+
+
+async def subdirectories(fs: Filesystem) -> tuple[list[str], dict[str, int]]:
+    """top's subdirectories in readdir order (top is listed), and their inode numbers."""
+    order = [entry.name for entry in await entries_of(fs, await resolve(fs, "top"))]
+    return order, {name: await resolve(fs, f"top/{name}") for name in order}
+
+
+async def walk(fs: Filesystem, ino: int, path: str = "") -> dict[str, set[str]]:
+    """Depth first in readdir order, as find(1) does: every directory's names by path."""
+    entries = await entries_of(fs, ino)
     tree = {path: {entry.name for entry in entries}}
     for entry in entries:
         if entry.inode.is_dir:
@@ -167,9 +178,7 @@ def test_without_metadata_caching_nothing_is_listed_ahead():
 
 def test_a_failed_listing_ahead_is_the_opendir_s_to_retry_and_report():
     async def check(fs, client):
-        top = await resolve(fs, "top")
-        order = [entry.name for entry in await _entries(fs, top)]
-        d = {name: await resolve(fs, f"top/{name}") for name in order}
+        order, d = await subdirectories(fs)
         await names(fs, d[order[0]])
         client.fail_next("ListObjectsV2", errors.AccessDenied("denied"), key=f"top/{order[2]}/")
         await names(fs, d[order[1]])  # lists order[2..9] ahead: order[2]'s fails
@@ -187,19 +196,9 @@ def test_a_failed_listing_ahead_is_the_opendir_s_to_retry_and_report():
     run(check, metadata_ttl=60)
 
 
-async def _entries(fs: Filesystem, ino: int):
-    fh = await fs.opendir(ino)
-    try:
-        return [entry for _, entry in fs.readdir(fh, 0) if entry.name not in (".", "..")]
-    finally:
-        fs.releasedir(fh)
-
-
 def test_an_opendir_waits_for_the_listing_under_way_instead_of_sending_another():
     async def check(fs, client):
-        top = await resolve(fs, "top")
-        order = [entry.name for entry in await _entries(fs, top)]
-        d = {name: await resolve(fs, f"top/{name}") for name in order}
+        order, d = await subdirectories(fs)
         await names(fs, d[order[0]])
         base = client.calls["ListObjectsV2"]
         gate = trio.Event()
@@ -225,9 +224,7 @@ def test_an_opendir_waits_for_the_listing_under_way_instead_of_sending_another()
 
 def test_a_change_made_while_a_listing_ahead_is_under_way_is_kept():
     async def check(fs, client):
-        top = await resolve(fs, "top")
-        order = [entry.name for entry in await _entries(fs, top)]
-        d = {name: await resolve(fs, f"top/{name}") for name in order}
+        order, d = await subdirectories(fs)
         await names(fs, d[order[0]])
         client.latency = 0.05
         async with trio.open_nursery() as nursery:
@@ -255,12 +252,7 @@ def test_a_deep_walk_under_the_default_ttl_lists_each_directory_once():
 
     async def slow_walk(fs, ino):
         clock.now += 0.1  # each directory takes the walker 0.1 s
-        fh = await fs.opendir(ino)
-        try:
-            entries = [entry for _, entry in fs.readdir(fh, 0) if entry.name not in (".", "..")]
-        finally:
-            fs.releasedir(fh)
-        for entry in entries:
+        for entry in await entries_of(fs, ino):
             if entry.inode.is_dir:
                 await slow_walk(fs, entry.inode.ino)
         await trio.testing.wait_all_tasks_blocked()  # listings ahead land at this instant of the clock
@@ -296,9 +288,7 @@ def test_a_directory_too_long_to_list_ahead_is_left_to_its_opendir_from_then_on(
 
 def test_an_opendir_does_not_wait_behind_listings_ahead_that_have_not_started():
     async def check(fs, client):
-        top = await resolve(fs, "top")
-        order = [entry.name for entry in await _entries(fs, top)]
-        d = {name: await resolve(fs, f"top/{name}") for name in order}
+        order, d = await subdirectories(fs)
         await names(fs, d[order[0]])
         busy = [object() for _ in range(fs._list_ahead_limiter.total_tokens)]
         for borrower in busy:  # other directories' listings ahead hold every turn
