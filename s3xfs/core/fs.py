@@ -231,16 +231,21 @@ class Filesystem:
             return True
         directory.listing_done = done = trio.Event()
         try:
-            started = time.time()
-            result = await self._list_remote(directory, max_pages=LIST_FOR_LOOKUPS_PAGES)
-            if result is None:
-                directory.too_long = True
-                return False
-            self._listed(directory, *result, started)
-            return True
+            return await self._list_if_short(directory)
         finally:
             directory.listing_done = None
             done.set()
+
+    async def _list_if_short(self, directory: Inode) -> bool:
+        """List the directory whole if it fits ``LIST_FOR_LOOKUPS_PAGES`` pages (for lookups, or
+        ahead of a walk); otherwise mark it too long, never to be listed so again. Whether listed."""
+        started = time.time()
+        result = await self._list_remote(directory, max_pages=LIST_FOR_LOOKUPS_PAGES)
+        if result is None:
+            directory.too_long = True
+            return False
+        self._listed(directory, *result, started)
+        return True
 
     async def _restore(self, parent: Inode, name: str) -> bool:
         """Learn parent/name from the disk cache: the parent's listing, else the name's own entry.
@@ -429,14 +434,8 @@ class Filesystem:
             if queued.cancelled_caught:
                 return
             try:
-                if await self._restore_listing(directory):
-                    return
-                started = time.time()
-                result = await self._list_remote(directory, max_pages=LIST_FOR_LOOKUPS_PAGES)
-                if result is None:  # longer: its own opendir lists it page by page, and no walk again
-                    directory.too_long = True
-                else:
-                    self._listed(directory, *result, started)
+                # A longer directory is left to its own opendir, which lists it page by page.
+                if not await self._restore_listing(directory) and await self._list_if_short(directory):
                     self.counters["listings_ahead"] += 1
             finally:
                 self._list_ahead_limiter.release()

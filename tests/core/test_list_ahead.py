@@ -226,13 +226,24 @@ def test_a_change_made_while_a_listing_ahead_is_under_way_is_kept():
     async def check(fs, client):
         order, d = await subdirectories(fs)
         await names(fs, d[order[0]])
-        client.latency = 0.05
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(names, fs, d[order[1]])  # starts the listings ahead of order[2..]
-            await trio.sleep(0.01)
-            await fs.unlink(d[order[2]], "f1")  # while order[2]'s listing is in flight
-        client.latency = 0
-        assert await names(fs, d[order[2]]) == {"f0", "f2"}
+        gate = trio.Event()
+        original = client.list
+
+        async def stale_list(prefix, **kwargs):
+            pages = [page async for page in original(prefix, **kwargs)]  # the bucket as it is now
+            if prefix == f"top/{order[2]}/":
+                await gate.wait()  # ... answered only after the unlink below
+            for page in pages:
+                yield page
+
+        client.list = stale_list
+        await names(fs, d[order[1]])  # starts the listings ahead of order[2..]
+        await trio.testing.wait_all_tasks_blocked()
+        assert fs.inodes.get(d[order[2]]).listing_done is not None  # order[2]'s: read, not answered
+        await fs.unlink(d[order[2]], "f1")
+        gate.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert await names(fs, d[order[2]]) == {"f0", "f2"}  # the stale listing did not bring f1 back
     run(check, metadata_ttl=60)
 
 

@@ -3,7 +3,6 @@ say they must, and agree with the local endpoint's own counts; errors are one li
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -11,7 +10,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 
