@@ -276,24 +276,98 @@ def test_sixty_seconds_of_two_second_sessions_without_a_failed_operation(localzo
     assert server.stats()["errors"].get("ExpiredToken", 0) == 0
 
 
-def test_ranged_gets_use_the_single_copy_receive_path(localzone: LocalZone, monkeypatch):
-    """urllib3's response keeps the http.client response as ``_fp``: if that changes, reads still
-    work (through read()) but this test says the fast path is gone."""
-    import s3xfs.client.s3 as s3_module
+@pytest.mark.parametrize("name", [DIRECTORY_BUCKET, GENERAL_BUCKET])
+def test_ranged_gets_skip_botocores_generic_path(localzone: LocalZone, monkeypatch, name: str):
+    """Reads are signed by botocore's signer but never go through ``get_object``, and their bodies
+    are received through the single-copy path. Fails if botocore's internals that RangedGet uses
+    moved (reads would still work, through the generic path, but slower)."""
+    import s3xfs.client.ranged_get as ranged_module
 
-    used = []
-    original = s3_module._read_exactly
+    single_copy = []
+    original = ranged_module.receive_exactly
 
-    def spy(body, length):
-        used.append(hasattr(getattr(body, "_raw_stream", None), "_fp"))
-        return original(body, length)
+    def spy(raw, length):
+        single_copy.append(hasattr(raw, "_fp"))
+        return original(raw, length)
 
-    monkeypatch.setattr(s3_module, "_read_exactly", spy)
+    monkeypatch.setattr(ranged_module, "receive_exactly", spy)
+    data = bytes(range(256)) * 4096
+
+    async def main():
+        async with open_client(bucket(name), options(localzone)) as client:
+            generic = []
+            client._boto.meta.events.register("before-call.s3.GetObject", lambda **kw: generic.append(1))
+            put = await client.put("fast/x", data)
+            assert await client.get_range("fast/x", 1000, 300_000, if_match=put.etag) == data[1000:301_000]
+            assert await client.get_range("fast/x", len(data) - 10, 100) == data[-10:]  # a short read at the end
+            assert generic == []
+
+    trio.run(main)
+    assert single_copy == [True, True]
+
+
+KEYS = ["c/a b%+.txt", "d/ünï cödé~!*'()=&;,$@:.bin", "e//double/slash", "f/-_.~tilde"]
+
+
+@pytest.mark.parametrize("name", [DIRECTORY_BUCKET, GENERAL_BUCKET])
+def test_ranged_gets_answer_as_botocore_would(localzone: LocalZone, name: str):
+    """The same reads and the same failures, through RangedGet and through botocore's get_object."""
+    async def outcome(client, key: str, start: int, length: int, if_match: str | None):
+        try:
+            return bytes(await client.get_range(key, start, length, if_match=if_match))
+        except errors.ClientError as exc:
+            return type(exc).__name__, exc.code, exc.status, exc.errno
+
+    async def main():
+        async with open_client(bucket(name), options(localzone)) as client:
+            etags = {key: (await client.put(key, key.encode() * 3)).etag for key in KEYS}
+            cases = [(key, 1, 7, etags[key]) for key in KEYS] + [
+                ("c/a b%+.txt", 0, 4, "0123456789abcdef0123456789abcdef"),  # another version: 412
+                ("c/a b%+.txt", 1000, 4, None),  # past the end: 416, a short read
+                ("absent/key", 0, 4, None),  # 404 NoSuchKey
+            ]
+            assert client._ranged is not None
+            fast = [await outcome(client, *case) for case in cases]
+            client._ranged = None
+            generic = [await outcome(client, *case) for case in cases]
+            assert fast == generic
+            assert fast[:len(KEYS)] == [(key.encode() * 3)[1:8] for key in KEYS]
+            assert fast[len(KEYS):] == [("PreconditionFailed", "PreconditionFailed", 412, 116), b"",
+                                        ("NotFound", "NoSuchKey", 404, 2)]
+
+    trio.run(main)
+
+
+def test_a_redirected_ranged_get_hands_reads_to_botocore(localzone: LocalZone):
+    """A general purpose bucket in another region answers 301, which botocore knows to follow:
+    the read is made by botocore, and so is every later one."""
+    class Redirect:
+        status, headers = 301, {"Location": "elsewhere"}
+        closed = released = False
+
+        def read(self, amount=None):
+            return b""
+
+        def close(self):
+            self.closed = True
+
+        def release_conn(self):
+            self.released = True
+
+    answers = []
+
+    class RedirectingPool:
+        def urlopen(self, *args, **kwargs):
+            answers.append(Redirect())
+            return answers[-1]
 
     async def main():
         async with open_client(bucket(), options(localzone)) as client:
-            await client.put("fast/x", bytes(range(256)) * 4096)
-            assert await client.get_range("fast/x", 1000, 300_000) == (bytes(range(256)) * 4096)[1000:301_000]
+            await client.put("moved/x", b"content")
+            client._ranged._pool = RedirectingPool()
+            assert await client.get_range("moved/x", 0, 7) == b"content"
+            assert await client.get_range("moved/x", 2, 3) == b"nte"
+            assert not client._ranged.enabled
 
     trio.run(main)
-    assert used == [True]
+    assert len(answers) == 1 and answers[0].closed and answers[0].released
