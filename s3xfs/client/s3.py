@@ -56,7 +56,8 @@ READ_TIMEOUT = 30.0  # between bytes of a response
 # An AccessDenied this close to (or after) a session's expiry is treated as an expired token.
 EXPIRY_SUSPICION = 10.0
 # No answer, or half of one: botocore's wrappers, and what reading a body straight from the socket
-# raises (_read_exactly, streamed ranges: a reset or timeout, urllib3's and http.client's errors).
+# raises (RangedGet, _read_exactly, streamed ranges: a reset or timeout, urllib3's and http.client's
+# errors; RangedGet turns any other OSError into urllib3's ProtocolError).
 _CONNECTION_ERRORS = (botocore.exceptions.HTTPClientError, botocore.exceptions.ConnectionError,
                       botocore.exceptions.IncompleteReadError, ConnectionError, TimeoutError,
                       urllib3.exceptions.HTTPError, http.client.HTTPException)

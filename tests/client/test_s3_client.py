@@ -282,6 +282,7 @@ def test_ranged_gets_skip_botocores_generic_path(localzone: LocalZone, monkeypat
     are received through the single-copy path. Fails if botocore's internals that RangedGet uses
     moved (reads would still work, through the generic path, but slower)."""
     import s3xfs.client.ranged_get as ranged_module
+    import s3xfs.client.s3 as s3_module
 
     single_copy = []
     original = ranged_module.receive_exactly
@@ -291,6 +292,7 @@ def test_ranged_gets_skip_botocores_generic_path(localzone: LocalZone, monkeypat
         return original(raw, length)
 
     monkeypatch.setattr(ranged_module, "receive_exactly", spy)
+    monkeypatch.setattr(s3_module, "receive_exactly", spy)
     data = bytes(range(256)) * 4096
 
     async def main():
@@ -301,9 +303,12 @@ def test_ranged_gets_skip_botocores_generic_path(localzone: LocalZone, monkeypat
             assert await client.get_range("fast/x", 1000, 300_000, if_match=put.etag) == data[1000:301_000]
             assert await client.get_range("fast/x", len(data) - 10, 100) == data[-10:]  # a short read at the end
             assert generic == []
+            client._ranged = None  # botocore's path receives its bodies the same single-copy way
+            assert await client.get_range("fast/x", 5, 70_000) == data[5:70_005]
+            assert generic == [1]
 
     trio.run(main)
-    assert single_copy == [True, True]
+    assert single_copy == [True, True, True]
 
 
 KEYS = ["c/a b%+.txt", "d/ünï cödé~!*'()=&;,$@:.bin", "e//double/slash", "f/-_.~tilde"]
@@ -327,7 +332,10 @@ def test_ranged_gets_answer_as_botocore_would(localzone: LocalZone, name: str):
                 ("absent/key", 0, 4, None),  # 404 NoSuchKey
             ]
             assert client._ranged is not None
+            generic_calls = []
+            client._boto.meta.events.register("before-call.s3.GetObject", lambda **kw: generic_calls.append(1))
             fast = [await outcome(client, *case) for case in cases]
+            assert generic_calls == [] and client._ranged.enabled  # every case above was RangedGet's
             client._ranged = None
             generic = [await outcome(client, *case) for case in cases]
             assert fast == generic
@@ -338,36 +346,90 @@ def test_ranged_gets_answer_as_botocore_would(localzone: LocalZone, name: str):
     trio.run(main)
 
 
-def test_a_redirected_ranged_get_hands_reads_to_botocore(localzone: LocalZone):
-    """A general purpose bucket in another region answers 301, which botocore knows to follow:
-    the read is made by botocore, and so is every later one."""
-    class Redirect:
-        status, headers = 301, {"Location": "elsewhere"}
-        closed = released = False
+class FakeAnswer:
+    """What urllib3's pool returns, for answers the local endpoint never gives."""
 
-        def read(self, amount=None):
-            return b""
+    def __init__(self, status: int, body: bytes = b"", headers: dict | None = None, fp=None) -> None:
+        self.status, self.body, self.headers, self._fp = status, body, headers or {}, fp
+        self.closed = self.released = False
 
-        def close(self):
-            self.closed = True
+    def read(self, amount=None):
+        data, self.body = self.body[:amount], self.body[amount:]
+        return data
 
-        def release_conn(self):
-            self.released = True
+    def close(self):
+        self.closed = True
 
-    answers = []
+    def release_conn(self):
+        self.released = True
 
-    class RedirectingPool:
-        def urlopen(self, *args, **kwargs):
-            answers.append(Redirect())
-            return answers[-1]
+
+class FakePool:
+    def __init__(self, make) -> None:
+        self.make, self.answers = make, []
+
+    def urlopen(self, *args, **kwargs):
+        self.answers.append(self.make())
+        return self.answers[-1]
+
+
+WRONG_REGION = (b"<Error><Code>AuthorizationHeaderMalformed</Code><Message>the region 'us-east-1' is wrong; "
+                b"expecting 'eu-west-1'</Message><Region>eu-west-1</Region></Error>")
+
+
+@pytest.mark.parametrize("answer", [lambda: FakeAnswer(301, headers={"Location": "elsewhere"}),
+                                    lambda: FakeAnswer(400, WRONG_REGION),
+                                    lambda: FakeAnswer(206, headers={"Content-Length": "-1"})],
+                         ids=["redirect", "wrong-region", "bad-length"])
+def test_answers_botocore_knows_to_follow_hand_reads_to_botocore(localzone: LocalZone, answer):
+    """A general purpose bucket in another region answers a redirect or a 400 naming the right
+    region, which botocore follows: that read, and every later one, is made by botocore."""
+    pool = FakePool(answer)
 
     async def main():
         async with open_client(bucket(), options(localzone)) as client:
             await client.put("moved/x", b"content")
-            client._ranged._pool = RedirectingPool()
+            client._ranged._pool = pool
             assert await client.get_range("moved/x", 0, 7) == b"content"
             assert await client.get_range("moved/x", 2, 3) == b"nte"
             assert not client._ranged.enabled
 
     trio.run(main)
-    assert len(answers) == 1 and answers[0].closed and answers[0].released
+    assert len(pool.answers) == 1 and pool.answers[0].closed and pool.answers[0].released
+
+
+def test_a_connection_failing_mid_body_is_retried_then_unavailable(localzone: LocalZone):
+    """An OSError from the socket under the body (EHOSTUNREACH, a TLS failure) is a broken
+    connection like any other: retried within the budget, then EIO, never an unexpected error."""
+    class Unreachable:
+        def readinto(self, buffer):
+            raise OSError(113, "No route to host")
+
+    pool = FakePool(lambda: FakeAnswer(206, headers={"Content-Length": "7"}, fp=Unreachable()))
+
+    async def main():
+        async with open_client(bucket(), options(localzone, retry=RetryPolicy(max_attempts=3, max_elapsed=2.0))) as client:
+            await client.put("unreachable/x", b"content")
+            client._ranged._pool = pool
+            with pytest.raises(errors.Unavailable) as excinfo:
+                await client.get_range("unreachable/x", 0, 7)
+            assert "No route to host" in str(excinfo.value)
+            return client.failures["Unavailable"]
+
+    assert trio.run(main) == 3
+    assert len(pool.answers) == 3 and all(a.closed and a.released for a in pool.answers)
+
+
+@pytest.mark.parametrize("body, code, message", [
+    (b"<Error><Code>NoSuchKey</Code><Message>gone</Message></Error>", "NoSuchKey", "gone"),
+    (b"<ErrorResponse><Error><Code>InvalidArgument</Code><Message>bad</Message></Error></ErrorResponse>",
+     "InvalidArgument", "bad"),
+    (b'<Error xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Code>SlowDown</Code></Error>', "SlowDown", "Bad Request"),
+    (b"", "400", "Bad Request"),
+    (b"<html>proxy error</html>", "400", "Bad Request"),
+])
+def test_error_documents_give_botocores_code(body: bytes, code: str, message: str):
+    from s3xfs.client.ranged_get import _error
+
+    error = _error(400, {}, body).response
+    assert (error["Error"]["Code"], error["Error"]["Message"], error["ResponseMetadata"]["HTTPStatusCode"]) == (code, message, 400)
