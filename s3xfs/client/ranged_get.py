@@ -18,6 +18,7 @@ urllib3's ProtocolError for a connection that broke, so the client maps them in 
 
 from __future__ import annotations
 
+import functools
 import http.client
 import logging
 from collections.abc import Callable
@@ -36,8 +37,12 @@ from .. import __version__
 
 log = logging.getLogger(__name__)
 
-# The auth schemes of the endpoint rules this module signs for, with botocore's signer of each.
-_SIGNERS = {"sigv4-s3express": botocore.auth.S3ExpressAuth, "sigv4": botocore.auth.S3SigV4Auth}
+# The auth schemes of the endpoint rules this module signs for, with botocore's signer of each
+# (S3ExpressAuth is handed the session's credentials directly: no identity cache to ask).
+_SIGNERS: dict[str, Callable[..., Any]] = {
+    "sigv4-s3express": functools.partial(botocore.auth.S3ExpressAuth, identity_cache=None),
+    "sigv4": botocore.auth.S3SigV4Auth,
+}
 _REDIRECTS = (301, 302, 307, 308)  # botocore follows these for general purpose buckets; so we give them back
 # The 400s of a request signed for the wrong region, which botocore also follows (S3RegionRedirector).
 _WRONG_REGION = ("AuthorizationHeaderMalformed", "IllegalLocationConstraintException")
@@ -91,17 +96,13 @@ class RangedGet:
         and :class:`UseGenericPath` for a redirect (and from then on for every request)."""
         if not self.enabled:
             raise UseGenericPath()
-        path = f"{self._path}/{botocore.utils.percent_encode(key, safe='/~')}"  # as botocore renders {Key+}
-        url = f"{self._url}/{path[len(self._path) + 1:]}"
+        quoted = botocore.utils.percent_encode(key, safe="/~")  # as botocore renders {Key+}
+        path, url = f"{self._path}/{quoted}", f"{self._url}/{quoted}"
         headers = {"Range": f"bytes={start}-{start + length - 1}", "User-Agent": _USER_AGENT}
         if if_match:
             headers["If-Match"] = if_match
         request = AWSRequest("GET", url, headers=headers)
-        if self._signer is botocore.auth.S3ExpressAuth:
-            signer = self._signer(credentials, self._signing_name, self._region, identity_cache=None)
-        else:
-            signer = self._signer(credentials, self._signing_name, self._region)
-        signer.add_auth(request)
+        self._signer(credentials, self._signing_name, self._region).add_auth(request)
         try:
             response = self._pool.urlopen("GET", path, headers=dict(request.headers.items()), retries=False,
                                           assert_same_host=False, preload_content=False, decode_content=False,
