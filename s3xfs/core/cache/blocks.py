@@ -134,8 +134,7 @@ class BlockCache:
             block = view[offset:offset + length]
             if len(block) != length:
                 break  # a short tail (never happens for a complete GET): not a whole block
-            stored = self.store.guard(self.store.cache.set, self._key(key, etag, size, index),
-                                      _crc(block) + block, tag=self.store.tag)
+            stored = self.store.guard(self.store.put, self._key(key, etag, size, index), _crc(block) + block)
             if stored:
                 self._count(blocks_stored=1)
             offset += length

@@ -86,8 +86,7 @@ class MetadataCache:
 
     def _put(self, name: str, value: dict) -> None:
         value["v"] = FORMAT
-        self.store.guard(self.store.cache.set, name, json.dumps(value, separators=(",", ":")).encode(),
-                         tag=self.store.tag)
+        self.store.guard(self.store.put, name, json.dumps(value, separators=(",", ":")).encode())
 
     def _load(self, kind: str, key: str, decode: Callable[[dict], T], restored: str, missed: str) -> T | None:
         """The stored value of (kind, key), decoded, if it is still within the TTL; a value that

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
@@ -197,6 +198,18 @@ class CacheStore:
     def _apply(self, batch: list[tuple[Callable[..., Any], tuple[Any, ...], int]]) -> None:
         for fn, args, _ in batch:
             self.guard(fn, *args)
+
+    def put(self, name: str, value: bytes) -> bool:
+        """Store ``value`` under ``name``, tagged with this namespace (blocks: call in a worker thread).
+
+        A value large enough for a file of its own is handed to diskcache as a file object: given
+        bytes, diskcache writes them line by line (it iterates an ``io.BytesIO``), about a thousand
+        GIL-holding writes for 256 KiB of binary data, which starved the FUSE thread while the
+        cache filled; read from a file object they go to disk in one write.
+        """
+        if len(value) >= self.cache.disk_min_file_size:
+            return bool(self.cache.set(name, io.BytesIO(value), read=True, tag=self.tag))
+        return bool(self.cache.set(name, value, tag=self.tag))
 
     def guard(self, fn: Callable[..., T], *args: Any, default: T | None = None, **kwargs: Any) -> T | None:
         """``fn(*args, **kwargs)``, or ``default`` if the cache failed: a cache problem is a miss,
