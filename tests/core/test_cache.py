@@ -208,7 +208,13 @@ def truncate(path: Path) -> None:
         f.truncate(path.stat().st_size - 7)
 
 
-@pytest.mark.parametrize("damage", [flip_byte, truncate])
+def extend(path: Path) -> None:
+    """A block file with its intact block followed by more bytes: read to its end, never cut short."""
+    with path.open("ab") as f:
+        f.write(b"\0" * 7)
+
+
+@pytest.mark.parametrize("damage", [flip_byte, truncate, extend])
 def test_corrupt_block_file_is_dropped_and_refetched(tmp_path, damage):
     client = RecordingClient()
     data = random.Random(2).randbytes(3 * FILE_BLOCK - 100)
