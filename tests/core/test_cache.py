@@ -1118,3 +1118,40 @@ def test_blocks_go_to_disk_in_one_write_and_small_values_stay_in_sqlite(tmp_path
     assert [bytes(piece) for piece in blocks.load("small", "e1", len(small), range(1))] == [small]
     assert blocks.stats["blocks_stored"] == 2 and store.errors == 0
     store.close()
+
+
+def test_access_times_of_hits_are_recorded_in_one_batch_after_the_delay(tmp_path, monkeypatch):
+    """Hits record nothing at once (a transaction per hit cost a restarted job's epoch a sixth of
+    its rate); within BOOKKEEPING_DELAY the writer records all of them in one transaction."""
+    monkeypatch.setattr(store_module, "BOOKKEEPING_DELAY", 1.0)  # long enough for three hits on a busy machine
+    client = RecordingClient()
+    bodies = {f"k{n}": random.Random(n).randbytes(FILE_BLOCK) for n in range(3)}
+    for key, body in bodies.items():
+        client.put_object_sync(key, body)
+    store = open_store(tmp_path / "c")
+    blocks = BlockCache(store, FILE_BLOCK)
+    transactions: list[int] = []
+
+    def access_times() -> dict[str, float]:
+        rows = store.cache._sql("SELECT key, access_time FROM Cache WHERE tag = ?", (store.tag,)).fetchall()
+        return {key.rsplit("\0", 1)[1]: when for key, when in rows}
+
+    async def body() -> None:
+        for key in bodies:
+            await get(source_for(client, blocks, key), 0, FILE_BLOCK)
+        await store.flush()
+        stored = access_times()
+        original_touch = blocks._touch
+        monkeypatch.setattr(blocks, "_touch", lambda: transactions.append(len(blocks._touched)) or original_touch())
+        client.ranges.clear()
+        for key in bodies:
+            assert await get(source_for(client, blocks, key), 0, FILE_BLOCK) == bodies[key]
+        assert client.ranges == []  # all hits
+        await trio.sleep(0.01)
+        assert access_times() == stored and transactions == []  # not yet
+        await trio.sleep(2.0)
+        assert transactions == [3]  # one batch for the three hits
+        assert all(access_times()[key] > stored[key] for key in bodies)
+
+    with_writer(store, body)
+    store.close()

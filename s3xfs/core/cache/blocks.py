@@ -110,7 +110,7 @@ class BlockCache:
             data = value  # a small block (SQLite gives a BLOB as bytes); anything else is dropped as corrupt
         self._touched.append(rowid)
         if len(self._touched) == 1:
-            self.store.queue_threadsafe(self._touch)
+            self.store.defer_threadsafe(self._touch)
         return data
 
     def _touch(self) -> None:
