@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # one per listed object: no per-instance dict
 class ObjectInfo:
     key: str
     size: int

@@ -20,7 +20,7 @@ from typing import Any
 ROOT_INODE = 1  # FUSE_ROOT_ID
 
 
-@dataclass
+@dataclass(slots=True)  # no per-instance dict: 31 fields are one past CPython's shared-key limit
 class Inode:
     ino: int
     parent: int

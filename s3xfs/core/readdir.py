@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from .inodes import Inode
 
 
-@dataclass
+@dataclass(slots=True)  # one per name of every open directory
 class DirEntry:
     name: str
     inode: Inode

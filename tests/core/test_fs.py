@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import gc
 import os
+import tracemalloc
 
 import pytest
 import trio
@@ -285,3 +287,37 @@ def test_random_operations_match_the_model(ops):
                     assert ino and not fs.inodes.get(ino).is_dir, path
                     assert await read_all(fs, ino) == value, path
     run(check, metadata_ttl=0, negative_ttl=0)
+
+
+def test_memory_per_listed_object_stays_small():
+    """A dataset's names all live in the daemon once listed (an inode each, held while the kernel
+    holds the entry): ``find`` over 100,000 objects peaked at 279 MiB of daemon RSS while Inode kept
+    a dict per instance (31 fields, one past CPython's shared-key limit), 152 MiB with slots. The
+    bound leaves room for other Python versions; the dict version measured 1,928 bytes here."""
+    count = 5_000
+    client = MemoryClient(seed=1)
+    for i in range(count):
+        client.put_object_sync(f"tree/d{i % 10}/file-{i:07d}.bin", b"x")
+
+    async def body(fs: Filesystem, client: MemoryClient) -> float:
+        gc.collect()
+        tracemalloc.start()
+        try:
+            start = tracemalloc.get_traced_memory()[0]
+            tree = await resolve(fs, "tree")
+            fh = await fs.opendir(tree)
+            directories = [entry for _, entry in fs.readdir(fh, 0) if entry.name not in (".", "..")]
+            fs.releasedir(fh)
+            for directory in directories:
+                fs.entry_accepted(directory)
+                fh = await fs.opendir(directory.inode.ino)
+                for _, entry in fs.readdir(fh, 0):
+                    fs.entry_accepted(entry)  # as the kernel does for each READDIRPLUS entry it keeps
+                fs.releasedir(fh)
+            gc.collect()
+            return (tracemalloc.get_traced_memory()[0] - start) / count
+        finally:
+            tracemalloc.stop()
+
+    per_object = run_filesystem(body, client, metadata_ttl=3600)
+    assert per_object < 1024, f"{per_object:.0f} bytes per listed object"
