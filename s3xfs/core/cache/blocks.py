@@ -52,6 +52,7 @@ class BlockCache:
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self._touched: list[int] = []  # rowids of hits whose access time is not recorded yet
+        self._touched_lock = threading.Lock()  # reads append from several threads; the writer takes the list
 
     def _key(self, key: str, etag: str, size: int, index: int) -> str:
         return self.store.key("block", etag, size, self.block_size, index, key)
@@ -108,14 +109,17 @@ class BlockCache:
                 return None
         else:
             data = value  # a small block (SQLite gives a BLOB as bytes); anything else is dropped as corrupt
-        self._touched.append(rowid)
-        if len(self._touched) == 1:
+        with self._touched_lock:
+            self._touched.append(rowid)
+            first = len(self._touched) == 1
+        if first:
             self.store.defer_threadsafe(self._touch)
         return data
 
     def _touch(self) -> None:
         """Record the accesses of recent hits (runs in the cache's writer, in one transaction)."""
-        rowids, self._touched = self._touched, []
+        with self._touched_lock:
+            rowids, self._touched = self._touched, []
         if not rowids:
             return
         cache = self.store.cache
