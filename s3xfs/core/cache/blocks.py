@@ -93,8 +93,9 @@ class BlockCache:
         diskcache's own ``get`` under least-recently-used eviction records the access inside a
         write transaction, so every hit of every mount queued on SQLite's one lock. Here the row
         is looked up with a plain SELECT (WAL readers never wait) and its access time is recorded
-        later, in batches, by the cache's writer (:meth:`_touch`): LRU order is kept, a second
-        late at most. Relies on diskcache 5's Cache table (pinned in pyproject.toml).
+        later, in batches, by the cache's writer (:meth:`_touch`): LRU order is kept, late by
+        ``BOOKKEEPING_DELAY`` plus the writes queued before it (evictions meanwhile see the older
+        times). Relies on diskcache 5's Cache table (pinned in pyproject.toml).
         """
         cache = self.store.cache
         row = cache._sql("SELECT rowid, mode, filename, value FROM Cache WHERE key = ? AND raw = 1",
