@@ -66,12 +66,13 @@ class BlockCache:
         corrupt = 0
         for index in indexes:
             name = self._key(key, etag, size, index)
-            raw = self.store.guard(self._read, name, HEADER + self.block_length(size, index))
+            length = self.block_length(size, index)
+            raw = self.store.guard(self._read, name, HEADER + length)
             if raw is None:
                 found.append(None)
                 continue
             data = memoryview(raw)[HEADER:] if isinstance(raw, bytes) else None  # not ours: corrupt
-            if data is None or len(data) != self.block_length(size, index) or _crc(data) != bytes(raw[:HEADER]):
+            if data is None or len(data) != length or _crc(data) != bytes(raw[:HEADER]):
                 corrupt += 1
                 log.warning("cached block %d of %s (ETag %s) failed its checksum: dropped, fetching it again",
                             index, key, etag)

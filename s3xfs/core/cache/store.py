@@ -12,9 +12,9 @@ trio thread. Reads go through :meth:`CacheStore.run` (a few threads at once). Wr
 listing" can never be overtaken by an earlier "store this listing"; the queue holds at most
 ``WRITE_BACKLOG`` bytes of block data (then readers that fill it wait: the cache fills at the
 pace of the disk), and :meth:`CacheStore.flush` empties it at unmount. What reads have to record
-(the access times of hits) joins the queue a second later, in one batch. A cache that fails (disk full, a locked
-database, a deleted file) is a miss, never a failed file operation: :meth:`CacheStore.guard` logs
-it once per kind and reports nothing.
+(the access times of hits) joins the queue a second later, in one batch. A cache that fails (disk
+full, a locked database, a deleted file) is a miss, never a failed file operation:
+:meth:`CacheStore.guard` logs it once per kind and reports nothing.
 """
 
 from __future__ import annotations
