@@ -72,6 +72,7 @@ class FsOptions:
     write_buffer: int = 128 << 20  # all parts of all files waiting to be uploaded (then writers wait)
     staging_dir: str = "/var/tmp/s3xfs"  # see s3xfs/config.py
     cache_block_size: int = 1 << 20  # see s3xfs/config.py
+    max_cached_entries: int = 500_000  # see s3xfs/config.py
 
 
 @dataclass(frozen=True)
@@ -113,7 +114,7 @@ class Filesystem:
         self.client = client
         self.options = options
         self._clock = clock
-        self.inodes = InodeTable(options.prefix, time.time(), clock)
+        self.inodes = InodeTable(options.prefix, time.time(), clock, max_idle=options.max_cached_entries)
         self.budget = MemoryBudget(options.read_buffer)
         self.shared_reads = SharedReads()  # handles of one file version share their read-ahead
         self.write_budget = MemoryBudget(options.write_buffer)
@@ -206,7 +207,8 @@ class Filesystem:
             if child is not None and child.expires > now:
                 self.counters["lookups_cached"] += 1
                 return child
-            if child is None and (self.inodes.is_negative(parent.ino, name) or parent.listing_expires > now):
+            if child is None and (self.inodes.is_negative(parent.ino, name)
+                                  or (parent.listing_expires > now and not parent.evicted)):
                 self.counters["lookups_negative_cached"] += 1
                 return None
             if not restored:
@@ -395,9 +397,11 @@ class Filesystem:
             queued.cancel()  # its listing ahead still waits for a turn: the opendir lists it now
         if handle.inode.listing_done is not None:  # listed ahead, or for lookups, right now: share it
             await handle.inode.listing_done.wait()
-        if not self._reuse_listing(handle):
-            if not (await self._restore_listing(handle.inode) and self._reuse_listing(handle)):
-                await self._load(handle)
+        with self.inodes.evictions_deferred():  # what this listing shows stays until it is pinned
+            if not self._reuse_listing(handle):
+                if not (await self._restore_listing(handle.inode) and self._reuse_listing(handle)):
+                    await self._load(handle)
+            self.inodes.snapshot_opened(entry.inode for entry in handle.entries if entry.counted)
         return self._dirs.add(handle)
 
     def _list_siblings_ahead(self, directory: Inode) -> None:
@@ -448,7 +452,7 @@ class Filesystem:
     def _reuse_listing(self, handle: DirHandle) -> bool:
         """Within the TTL, a directory's last listing is still the answer: no request."""
         directory = handle.inode
-        if directory.listing is None or directory.listing_expires <= self._clock():
+        if directory.listing is None or directory.listing_expires <= self._clock() or directory.evicted:
             return False
         entries = [DirEntry(".", directory, False), DirEntry("..", self._inode(directory.parent), False)]
         for name in directory.listing:
@@ -517,6 +521,7 @@ class Filesystem:
         mount knows nothing of, and is not kept as the directory's truth."""
         if started is not None and directory.changed_at >= started:
             return self._apply_raced_listing(directory, dirs, files, ttl)
+        directory.evicted = 0  # before the children: a listing larger than the cap evicts some of its own
         entries = [DirEntry(".", directory, False), DirEntry("..", self._inode(directory.parent), False)]
         seen: set[str] = set()
         prefix = directory.key
@@ -538,6 +543,8 @@ class Filesystem:
                 self.inodes.remove_name(directory.ino, child.name)
         directory.listing_expires = self._clock() + ttl
         directory.listing = [entry.name for entry in entries[2:]]
+        if directory.evicted:  # children were evicted on the way (a listing larger than the cap)
+            del directory.listing[len(dirs):]
         directory.listing_dirs = len(dirs)  # listed first: the subdirectories a traversal follows
         directory.listing_version += 1
         directory.remote_lookups = 0
@@ -569,7 +576,16 @@ class Filesystem:
         handle = self._dirs.get(fh)
         if handle is None:
             raise FsError(errno.EBADF)
-        return handle.page(start)
+        return ((offset, self._current(handle.inode, entry)) for offset, entry in handle.page(start))
+
+    def _current(self, directory: Inode, entry: DirEntry) -> DirEntry:
+        """A snapshot's entry whose name went to another inode since the snapshot was taken (a
+        file replaced by a directory) hands the kernel that inode, the one lookups now answer."""
+        if entry.counted:
+            current = self.inodes.child(directory.ino, entry.name)
+            if current is not None and current is not entry.inode:
+                entry.inode = current
+        return entry
 
     def entry_accepted(self, entry: DirEntry) -> None:
         """readdir_reply took this entry: the kernel now holds one more lookup on it."""
@@ -577,7 +593,9 @@ class Filesystem:
             self.inodes.remember(entry.inode)
 
     def releasedir(self, fh: int) -> None:
-        self._dirs.pop(fh)
+        handle = self._dirs.pop(fh)
+        if handle is not None:
+            self.inodes.snapshot_closed(entry.inode for entry in handle.entries if entry.counted)
 
     # --- files ---------------------------------------------------------------------------------
 
@@ -1186,7 +1204,8 @@ class Filesystem:
             "memory": {"read_buffer_used": self.budget.used, "read_buffer_peak": self.budget.peak,
                        "read_buffer_limit": self.budget.limit, "write_buffer_used": self.write_budget.used,
                        "write_buffer_limit": self.write_budget.limit},
-            "handles": {"files": len(self._files), "directories": len(self._dirs), "inodes": len(self.inodes)},
+            "handles": {"files": len(self._files), "directories": len(self._dirs), "inodes": len(self.inodes),
+                        "inodes_evicted": self.inodes.evictions},
         }
 
     async def close(self) -> None:

@@ -2,18 +2,24 @@
 
 Kept apart from the operations (Mountpoint's "superblock"). Rules:
 - inode numbers are allocated here, never reused while the process lives;
-- an inode lives while the kernel holds lookups on it or a handle is open on it, even after its
-  name vanished from the bucket; ``forget`` only ever decrements and never raises;
+- an inode lives while the kernel holds lookups on it, a handle is open on it or an open
+  directory snapshot lists it, even after its name vanished from the bucket; ``forget`` only ever decrements and never raises;
 - when a name changes kind (a file replaced by a directory), the name gets a new inode; the old
   one lives on until the kernel forgets it;
 - attributes and negative entries carry expiry times (monotonic seconds; ``math.inf`` for
-  indefinite), the same TTLs that are handed to the kernel.
+  indefinite), the same TTLs that are handed to the kernel;
+- a named file inode nothing holds (no kernel lookup, no handle, nothing being written) stays as
+  the metadata cache of later lookups, but at most ``max_idle`` of them: beyond that the least
+  recently idle one is evicted, and its parent counts it in ``evicted``: its listing no longer
+  proves a missing name absent, and keeps only its subdirectories until the next listing.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,15 +40,17 @@ class Inode:
     checksum: str | None = None  # "<ALGORITHM>:<base64>" when the bucket reported one
     expires: float = 0.0  # attributes valid until (monotonic)
     listing_expires: float = 0.0  # directories: a complete listing of the children is valid until
-    listing: list[str] | None = None  # directories: the child names of that listing
+    listing: list[str] | None = None  # directories: the child names of that listing (subdirectories only once ``evicted``)
     listing_dirs: int = 0  # directories: how many names at the front of ``listing`` are subdirectories
     listing_version: int = 0  # directories: which listing ``listing`` is (each complete listing adds one)
+    evicted: int = 0  # directories: children evicted from memory since ``listing`` was made
     lookups: int = 0
     open_handles: int = 0
     cached_etag: str | None = None  # the ETag whose data the kernel page cache may hold
     local: bool = False  # made here (mkdir, create) and not in the bucket yet: listings keep it
     writer: Any = None  # a file's uncommitted content (core.upload.Writer) while it is being written
     write_handles: int = 0  # open handles that may write
+    snapshots: int = 0  # open directory snapshots listing it (readdir may still hand it to the kernel)
     write_lock: Any = None  # a trio.Lock serialising the writer's operations (made on first use)
     remote_lookups: int = 0  # directories: lookups that asked the bucket since the last listing
     too_long: bool = False  # directories: too long to list for lookups (HEAD+LIST per name instead)
@@ -60,8 +68,15 @@ class Inode:
 
 
 class InodeTable:
-    def __init__(self, root_prefix: str, mount_time: float, clock: Callable[[], float]) -> None:
+    def __init__(self, root_prefix: str, mount_time: float, clock: Callable[[], float], *,
+                 max_idle: int = 500_000) -> None:
         self._clock = clock
+        self.max_idle = max_idle
+        # Named file inodes that nothing holds, least recently idle first: the eviction candidates.
+        # Checked again when their turn comes (an open does not tell the table).
+        self._idle: OrderedDict[int, None] = OrderedDict()
+        self._deferring = 0  # evictions_deferred() blocks under way
+        self.evictions = 0
         root = Inode(ROOT_INODE, ROOT_INODE, "", True, root_prefix, mtime=mount_time, expires=math.inf)
         root.lookups = 1  # the kernel never forgets the root
         self._inodes: dict[int, Inode] = {ROOT_INODE: root}
@@ -110,6 +125,7 @@ class InodeTable:
             self._name(parent.ino, name, inode.ino)
             if replaced is not None:
                 self._maybe_drop(replaced.ino)
+            self._maybe_idle(inode)
         if inode.pinned:
             return inode  # what is being written here is newer than what the bucket says
         inode.key = key
@@ -156,7 +172,13 @@ class InodeTable:
 
     def remember(self, inode: Inode) -> None:
         """The kernel received this inode (lookup, readdirplus, create): one more lookup to forget."""
+        if self._inodes.get(inode.ino) is not inode:
+            # Evicted between being found and being answered (only the newest idle inode can be,
+            # at a cap of 1): the kernel will ask for it by number, so it is known, unnamed, until
+            # forgotten; its name is learnt again by the next lookup.
+            self._inodes[inode.ino] = inode
         inode.lookups += 1
+        self._idle.pop(inode.ino, None)
 
     def forget(self, ino: int, count: int) -> None:
         inode = self._inodes.get(ino)
@@ -167,12 +189,74 @@ class InodeTable:
 
     def _maybe_drop(self, ino: int) -> None:
         inode = self._inodes.get(ino)
-        if inode is None or ino == ROOT_INODE or inode.lookups > 0 or inode.open_handles > 0 or inode.writer is not None:
+        if (inode is None or ino == ROOT_INODE or inode.lookups > 0 or inode.open_handles > 0 or inode.snapshots > 0
+                or inode.writer is not None):
             return
         if self._names.get((inode.parent, inode.name)) == ino:
-            return  # still named: it is the metadata cache for later lookups (replaced or removed by name)
+            self._maybe_idle(inode)  # still named: it is the metadata cache for later lookups
+            return
         del self._inodes[ino]
+        self._idle.pop(ino, None)
 
     def release_handle(self, inode: Inode) -> None:
         inode.open_handles -= 1
         self._maybe_drop(inode.ino)
+
+    def snapshot_opened(self, inodes: Iterable[Inode]) -> None:
+        """An open directory snapshot lists these: readdir may hand any of them to the kernel, so
+        none is evicted or dropped while it is open."""
+        for inode in inodes:
+            inode.snapshots += 1
+            self._idle.pop(inode.ino, None)
+
+    def snapshot_closed(self, inodes: Iterable[Inode]) -> None:
+        for inode in inodes:
+            inode.snapshots -= 1
+            self._maybe_drop(inode.ino)
+
+    @contextmanager
+    def evictions_deferred(self) -> Iterator[None]:
+        """Evict nothing until the block ends: a listing larger than the cap does not evict its
+        own names before its snapshot pins them."""
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+            self._trim()
+
+    def _evictable(self, inode: Inode) -> bool:
+        """Nothing holds it and nothing but the bucket's metadata is lost with it. Directories stay:
+        they hold listings, and are few next to their files. So do modes set here (chmod), which
+        exist nowhere else."""
+        return (not inode.is_dir and inode.lookups == 0 and inode.open_handles == 0 and inode.snapshots == 0
+                and not inode.pinned and inode.mode is None and inode.uid is None and inode.gid is None
+                and self._names.get((inode.parent, inode.name)) == inode.ino)
+
+    def _maybe_idle(self, inode: Inode) -> None:
+        if not self._evictable(inode):
+            return
+        self._idle[inode.ino] = None
+        self._idle.move_to_end(inode.ino)
+        self._trim()
+
+    def _trim(self) -> None:
+        if self._deferring:
+            return
+        while len(self._idle) > self.max_idle:
+            ino, _ = self._idle.popitem(last=False)
+            candidate = self._inodes.get(ino)
+            if candidate is not None and self._evictable(candidate):
+                self._evict(candidate)
+
+    def _evict(self, inode: Inode) -> None:
+        self._unname(inode.parent, inode.name)
+        del self._inodes[inode.ino]
+        parent = self._inodes.get(inode.parent)
+        if parent is not None:
+            if parent.listing is not None and len(parent.listing) > parent.listing_dirs:
+                # No longer complete, so no longer worth its memory: keep the subdirectories,
+                # listed first, which walks follow (core/list_ahead.py).
+                parent.listing = parent.listing[:parent.listing_dirs]
+            parent.evicted += 1
+        self.evictions += 1

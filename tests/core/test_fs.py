@@ -322,3 +322,141 @@ def test_memory_per_listed_object_stays_small():
 
     per_object = run_filesystem(body, client, metadata_ttl=3600)
     assert per_object < 1024, f"{per_object:.0f} bytes per listed object"
+
+
+# --- the cap on idle inodes (--max-cached-entries) ---------------------------------------------
+
+def test_idle_inodes_beyond_the_cap_are_evicted_and_their_names_answered_again():
+    keys = {f"dir/f{n:02d}": b"x" * n for n in range(20)}
+
+    async def check(fs, client):
+        d = await resolve(fs, "dir")
+        assert await names(fs, d) == set(keys_names)  # listed; the kernel kept none of the entries
+        assert len(fs.inodes) == 2 + 5  # root, dir and the 5 most recently listed files
+        assert fs.inodes.evictions == 15 and fs.stats()["handles"]["inodes_evicted"] == 15
+        assert fs.inodes.get(d).evicted == 15
+        assert fs.inodes.get(d).listing == []  # incomplete now: only subdirectories are kept (none here)
+        # The listing no longer proves a name absent: the bucket is asked.
+        client.calls.clear()
+        assert (await fs.lookup(d, "absent")).ino == 0
+        assert fs.counters["lookups_negative_cached"] == 0 and sum(client.calls.values()) > 0
+        client.calls.clear()
+        for n in range(20):  # an evicted name is asked for again, never taken for absent
+            assert (await fs.lookup(d, f"f{n:02d}")).size == n
+        assert sum(client.calls.values()) > 0
+        # The kernel holds the 20 it looked up: none of them is evicted.
+        assert all(fs.inodes.child(d, f"f{n:02d}") is not None for n in range(20))
+
+    keys_names = [key.split("/")[1] for key in keys]
+    run(check, keys=keys, metadata_ttl=60, max_cached_entries=5)
+
+
+def test_a_fresh_listing_proves_absence_again():
+    keys = {f"dir/f{n:02d}": b"x" for n in range(10)}
+
+    async def check(fs, client):
+        d = await resolve(fs, "dir")
+        await names(fs, d)
+        assert fs.inodes.get(d).evicted == 7
+        for n in range(10):  # the kernel takes them all: nothing idle, nothing more to evict
+            await fs.lookup(d, f"f{n:02d}")
+        await names(fs, d)  # a child was missing from memory: listed again, complete this time
+        assert fs.inodes.get(d).evicted == 0
+        client.calls.clear()
+        assert (await fs.lookup(d, "absent")).ino == 0
+        assert sum(client.calls.values()) == 0
+    run(check, keys=keys, metadata_ttl=60, max_cached_entries=3)
+
+
+def test_only_inodes_nothing_holds_are_evicted():
+    keys = {f"f{n}": b"data" for n in range(6)}
+
+    async def check(fs, client):
+        attrs = [await fs.lookup(ROOT_INODE, f"f{n}") for n in range(6)]
+        assert all(fs.inodes.get(a.ino) is not None for a in attrs)  # the kernel holds all six
+        opened = await fs.open(attrs[0].ino, os.O_RDONLY)
+        await fs.setattr(attrs[1].ino, mode=0o600)  # kept in memory only: never evicted
+        fs.forget([(a.ino, 1) for a in attrs])
+        kept = {n for n in range(6) if fs.inodes.get(attrs[n].ino) is not None}
+        assert kept == {0, 1, 4, 5}  # the open one, the chmod'ed one, and the two most recently idle
+        await fs.release(opened.fh)  # now idle too, and the most recently so: it stays, f4 goes
+        kept = {n for n in range(6) if fs.inodes.get(attrs[n].ino) is not None}
+        assert kept == {0, 1, 5}
+        assert (await fs.getattr(attrs[1].ino)).mode & 0o777 == 0o600
+    run(check, keys=keys, metadata_ttl=60, max_cached_entries=2)
+
+
+def test_an_open_directory_snapshot_keeps_its_entries_known():
+    keys = {f"d/f{n}": bytes([65 + n]) * 3 for n in range(8)}
+
+    async def check(fs, client):
+        d = await resolve(fs, "d")
+        fh = await fs.opendir(d)
+        assert fs.inodes.evictions == 0  # over the cap of 1, but listed by an open snapshot
+        listed = {entry.name: entry.inode for _, entry in fs.readdir(fh, 0) if entry.counted}
+        await client.delete("d/f3")
+        client.put_object_sync("d/f3/inner", b"i")  # f3 is a directory now
+        await client.delete("d/f5")
+        assert (await fs.lookup(d, "f3")).is_dir  # f3's name goes to a new inode
+        assert (await fs.lookup(d, "f5")).ino == 0  # f5's name is gone
+        assert fs.inodes.get(listed["f5"].ino) is listed["f5"]  # still known: the snapshot may hand it out
+        handed = {}
+        for _, entry in fs.readdir(fh, 0):
+            if entry.counted:
+                fs.entry_accepted(entry)
+                handed[entry.name] = entry.inode
+        fs.releasedir(fh)
+        assert handed["f3"].is_dir and handed["f3"] is fs.inodes.child(d, "f3")  # what lookups answer now
+        for name, inode in handed.items():  # every inode handed to the kernel is known by its number
+            assert fs.inodes.get(inode.ino) is inode, name
+        assert await read_all(fs, handed["f0"].ino) == b"AAA"
+        with pytest.raises(FsError) as gone:
+            await fs.getattr(handed["f5"].ino)
+        assert gone.value.errno == errno.ENOENT
+        fs.forget([(inode.ino, inode.lookups) for _, inode in sorted(handed.items())])  # f7 idle last
+        assert [n for n in range(8) if fs.inodes.child(d, f"f{n}") is not None and n != 3] == [7]
+    run(check, keys=keys, metadata_ttl=0, negative_ttl=0, max_cached_entries=1)
+
+
+EVICTION_OPS = st.lists(st.one_of(
+    st.tuples(st.just("lookup"), st.sampled_from(["a/x", "a/y", "a/z", "b/x", "b/c/x", "top", "a/none", "none"])),
+    st.tuples(st.just("list"), st.sampled_from(["", "a", "b", "b/c"])),
+    st.tuples(st.just("forget"), st.integers(0, 10)),
+), max_size=30)
+EVICTION_TREE = {"a/x": b"ax", "a/y": b"ay-y", "a/z": b"", "b/x": b"bx", "b/c/x": b"bcx", "top": b"t"}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(EVICTION_OPS, st.integers(0, 3))
+def test_any_cap_answers_like_the_model(ops, cap):
+    """Lookups, listings and the kernel forgetting inodes in any order, with a tiny cap: every
+    answer is the model's, as if nothing were evicted."""
+    async def check(fs, client):
+        held: list[int] = []  # the kernel's lookups, one entry per count
+        for op in ops:
+            if op[0] == "forget":
+                if held:
+                    ino = held.pop(op[1] % len(held))
+                    fs.forget([(ino, 1)])
+                continue
+            path = op[1]
+            kind, value = model_view(EVICTION_TREE, path)
+            ino = await resolve(fs, path)  # resolve's lookups are the kernel's: keep them
+            parts = [p for p in path.split("/") if p]
+            walk = ROOT_INODE
+            for part in parts:
+                child = fs.inodes.child(walk, part)
+                if child is None:
+                    break
+                held.append(child.ino)
+                walk = child.ino
+            if kind == "none":
+                assert ino == 0, path
+                continue
+            assert ino, path
+            if op[0] == "list":
+                assert await names(fs, ino) == value, path
+            elif kind == "file":
+                assert await read_all(fs, ino) == value, path
+                assert (await fs.getattr(ino)).size == len(value)
+    run(check, keys=EVICTION_TREE, metadata_ttl=3600, negative_ttl=0, max_cached_entries=cap)
