@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--allow-root", action="store_true", default=None, help="let root access the mount")
     mount.add_argument("--metadata-ttl", metavar="SECONDS", help="seconds to trust cached metadata, or 'indefinite' (default: 1)")
     mount.add_argument("--negative-ttl", metavar="SECONDS", help="seconds to trust 'no such file', or 'indefinite' (default: 1)")
+    mount.add_argument("--max-cached-entries", metavar="N", help="names with their attributes kept in memory "
+                                                                 "once the kernel forgot them (default: 500000)")
     mount.add_argument("--max-threads", metavar="N", help="concurrent S3 requests (default: 32)")
     mount.add_argument("--part-size", metavar="SIZE", help="size of ranged GETs and of upload parts, 1M to 5G "
                                                            "(uploads use at least 5M), e.g. 8M (default: 8M)")
@@ -211,6 +213,8 @@ def mount_config(args: argparse.Namespace, *, sloppy: bool = False, program: str
         metadata_ttl=_seconds(args.metadata_ttl, "--metadata-ttl", True) if args.metadata_ttl else MountConfig.metadata_ttl,
         negative_ttl=_seconds(args.negative_ttl, "--negative-ttl", True) if args.negative_ttl else MountConfig.negative_ttl,
         max_threads=_positive_int(args.max_threads, "--max-threads", 1, 1024) if args.max_threads else MountConfig.max_threads,
+        max_cached_entries=(_positive_int(args.max_cached_entries, "--max-cached-entries", 1, 1_000_000_000)
+                            if args.max_cached_entries else MountConfig.max_cached_entries),
         part_size=part_size, staging_dir=Path(args.staging_dir).absolute() if args.staging_dir else default_staging_dir(),
         cache_dir=cache_dir, max_cache_size=max_cache_size, cache_block_size=block_size,
         log_level=level, log_file=Path(args.log_file).absolute() if args.log_file else None,

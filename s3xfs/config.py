@@ -36,6 +36,10 @@ class MountConfig:
     # sparing `ls -l`/`stat` storms a request per file (Mountpoint's default too).
     metadata_ttl: float = 1.0
     negative_ttl: float = 1.0  # "no such file" trusted this long: repeated failed stats are free
+    # Names with their attributes kept in memory once the kernel has forgotten them (~550 bytes
+    # each): a dataset of half a million files stays wholly cached, and the daemon's memory beyond
+    # what the kernel holds stays under ~300 MiB however many names a walk meets.
+    max_cached_entries: int = 500_000
     max_threads: int = 32  # concurrent S3 requests (worker threads and pooled connections)
     part_size: int = 8 * 1024 * 1024  # ranged GET size: large enough to amortise a request, small enough to start fast
     read_buffer: int = 256 * 1024 * 1024  # all read-ahead buffers of the mount together

@@ -142,7 +142,8 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
                     prefix=config.prefix, read_only=config.read_only, uid=config.uid, gid=config.gid,
                     file_mode=config.file_mode, dir_mode=config.dir_mode, metadata_ttl=config.metadata_ttl,
                     negative_ttl=config.negative_ttl, part_size=config.part_size, read_buffer=config.read_buffer,
-                    staging_dir=str(config.staging_dir), cache_block_size=config.cache_block_size), cache=cache)
+                    staging_dir=str(config.staging_dir), cache_block_size=config.cache_block_size,
+                    max_cached_entries=config.max_cached_entries), cache=cache)
                 await _mount_and_serve(config, fs, ready)
             finally:
                 if cache is not None:

@@ -24,7 +24,7 @@ FLAG_OPTIONS: dict[str, tuple[str, bool]] = {
 # key=value options: the long option of the same name.
 VALUE_OPTIONS = frozenset({
     "region", "endpoint-url", "profile", "prefix", "uid", "gid", "file-mode", "dir-mode", "metadata-ttl",
-    "negative-ttl", "max-threads", "part-size", "staging-dir", "cache", "max-cache-size", "cache-block-size",
+    "negative-ttl", "max-cached-entries", "max-threads", "part-size", "staging-dir", "cache", "max-cache-size", "cache-block-size",
     "log-level", "log-file", "debug",
 })
 # Kernel mount flags a FUSE mount accepts; passed on as they are (libfuse turns them into MS_* flags).

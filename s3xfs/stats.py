@@ -260,7 +260,8 @@ def _sections(stats: dict[str, Any]) -> list[Section]:
         if handles:
             rows.append(("open files", count(handles.get("files", 0)), ""))
             rows.append(("open directories", count(handles.get("directories", 0)), ""))
-            rows.append(("known inodes", count(handles.get("inodes", 0)), ""))
+            rows.append(("known inodes", count(handles.get("inodes", 0)),
+                         f"{count(handles.get('inodes_evicted', 0))} evicted at the --max-cached-entries cap"))
         sections.append((("Memory and handles", "", ""), rows))
     return sections
 

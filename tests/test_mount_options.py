@@ -77,6 +77,18 @@ def test_mount_config_carries_kernel_flags_debug_modules_and_the_source_as_fsnam
     assert mount_config(comma).fsname == f"{BUCKET}/a\\,b/"  # escaped for the FUSE option string
 
 
+def test_max_cached_entries_from_o_or_long_option_and_mistakes_named(tmp_path):
+    from s3xfs.cli import UsageError
+    from s3xfs.config import MountConfig
+
+    assert mount_config(parsed(tmp_path)).max_cached_entries == MountConfig.max_cached_entries
+    assert mount_config(parsed(tmp_path, "-o", "max_cached_entries=1000")).max_cached_entries == 1000
+    assert mount_config(parsed(tmp_path, "--max-cached-entries", "1")).max_cached_entries == 1
+    for bad in ("0", "-1", "many", "1e6"):
+        with pytest.raises(UsageError, match=f"--max-cached-entries must be a whole number from 1 to .*{bad}"):
+            mount_config(parsed(tmp_path, "--max-cached-entries", bad))
+
+
 def helper(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "s3xfs.mount_helper", *args], capture_output=True, text=True,
                           timeout=60)

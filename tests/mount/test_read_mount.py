@@ -365,3 +365,28 @@ def stats_of(path: Path) -> dict:
     result = subprocess.run(s3xfs_command("stats", str(path), "--json"), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
+
+
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
+
+
+@pytest.mark.skipif(not os.access(DROP_CACHES, os.W_OK), reason="needs root to make the kernel forget its inodes")
+def test_names_the_kernel_forgot_are_evicted_beyond_the_cap_and_still_served(server, mount_factory):
+    s3 = server.client()
+    files = {f"many/f{n:03d}": f"content {n}\n".encode() * n for n in range(60)}
+    for key, data in files.items():
+        s3.put_object(Bucket=BUCKET, Key=key, Body=data)
+    mount = mount_factory(server, BUCKET, "--read-only", "--metadata-ttl", "3600", "--max-cached-entries", "10")
+    directory = mount.path / "many"
+    assert {p.name: p.stat().st_size for p in directory.iterdir()} == {k[5:]: len(v) for k, v in files.items()}
+    assert stats_of(mount.path)["handles"]["inodes_evicted"] == 0  # the kernel holds every one of them
+    DROP_CACHES.write_text("2")  # unused dentries and inodes: the kernel sends FORGETs for ours
+    deadline = time.monotonic() + 30
+    while (handles := stats_of(mount.path)["handles"])["inodes_evicted"] < 50 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert handles["inodes_evicted"] >= 50 and handles["inodes"] <= 10 + 12, handles
+    # Evicted names are learnt again, from the bucket: the same names, sizes and contents.
+    assert {p.name: p.stat().st_size for p in directory.iterdir()} == {k[5:]: len(v) for k, v in files.items()}
+    for key, data in files.items():
+        assert (mount.path / key).read_bytes() == data
+    assert (directory / "absent").exists() is False
