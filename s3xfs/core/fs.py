@@ -580,11 +580,12 @@ class Filesystem:
 
     def _current(self, directory: Inode, entry: DirEntry) -> DirEntry:
         """A snapshot's entry whose name went to another inode since the snapshot was taken (a
-        file replaced by a directory) hands the kernel that inode, the one lookups now answer."""
+        file replaced by a directory) hands the kernel that inode, the one lookups now answer.
+        The snapshot itself is left as it is: it pins the inodes it was taken with."""
         if entry.counted:
             current = self.inodes.child(directory.ino, entry.name)
             if current is not None and current is not entry.inode:
-                entry.inode = current
+                return DirEntry(entry.name, current, True)
         return entry
 
     def entry_accepted(self, entry: DirEntry) -> None:

@@ -407,6 +407,8 @@ def test_an_open_directory_snapshot_keeps_its_entries_known():
                 handed[entry.name] = entry.inode
         fs.releasedir(fh)
         assert handed["f3"].is_dir and handed["f3"] is fs.inodes.child(d, "f3")  # what lookups answer now
+        assert handed["f3"].snapshots == 0 and listed["f3"].snapshots == 0  # the pins went where they came from
+        assert fs.inodes.get(listed["f3"].ino) is None  # replaced, unnamed, held by nothing any more
         for name, inode in handed.items():  # every inode handed to the kernel is known by its number
             assert fs.inodes.get(inode.ino) is inode, name
         assert await read_all(fs, handed["f0"].ino) == b"AAA"
