@@ -576,17 +576,7 @@ class Filesystem:
         handle = self._dirs.get(fh)
         if handle is None:
             raise FsError(errno.EBADF)
-        return ((offset, self._current(handle.inode, entry)) for offset, entry in handle.page(start))
-
-    def _current(self, directory: Inode, entry: DirEntry) -> DirEntry:
-        """A snapshot's entry whose name went to another inode since the snapshot was taken (a
-        file replaced by a directory) hands the kernel that inode, the one lookups now answer.
-        The snapshot itself is left as it is: it pins the inodes it was taken with."""
-        if entry.counted:
-            current = self.inodes.child(directory.ino, entry.name)
-            if current is not None and current is not entry.inode:
-                return DirEntry(entry.name, current, True)
-        return entry
+        return handle.page(start)
 
     def entry_accepted(self, entry: DirEntry) -> None:
         """readdir_reply took this entry: the kernel now holds one more lookup on it."""

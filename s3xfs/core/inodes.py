@@ -207,12 +207,14 @@ class InodeTable:
         none is evicted or dropped while it is open."""
         for inode in inodes:
             inode.snapshots += 1
-            self._idle.pop(inode.ino, None)
+            if not inode.lookups:  # only those are ever idle (``remember`` takes them out)
+                self._idle.pop(inode.ino, None)
 
     def snapshot_closed(self, inodes: Iterable[Inode]) -> None:
         for inode in inodes:
             inode.snapshots -= 1
-            self._maybe_drop(inode.ino)
+            if not inode.snapshots and not inode.lookups:  # else still held: nothing to do
+                self._maybe_drop(inode.ino)
 
     @contextmanager
     def evictions_deferred(self) -> Iterator[None]:
