@@ -36,9 +36,9 @@ class MountConfig:
     # sparing `ls -l`/`stat` storms a request per file (Mountpoint's default too).
     metadata_ttl: float = 1.0
     negative_ttl: float = 1.0  # "no such file" trusted this long: repeated failed stats are free
-    # Names with their attributes kept in memory once the kernel has forgotten them (~550 bytes
-    # each): a dataset of half a million files stays wholly cached, and the daemon's memory beyond
-    # what the kernel holds stays under ~300 MiB however many names a walk meets.
+    # File names with their attributes kept in memory once the kernel has forgotten them (~600
+    # bytes each): a dataset of half a million files stays wholly cached, and what a walk over
+    # millions of files leaves in the daemon stays under ~300 MiB (directories are not counted).
     max_cached_entries: int = 500_000
     max_threads: int = 32  # concurrent S3 requests (worker threads and pooled connections)
     part_size: int = 8 * 1024 * 1024  # ranged GET size: large enough to amortise a request, small enough to start fast

@@ -207,8 +207,7 @@ class Filesystem:
             if child is not None and child.expires > now:
                 self.counters["lookups_cached"] += 1
                 return child
-            if child is None and (self.inodes.is_negative(parent.ino, name)
-                                  or (parent.listing_expires > now and not parent.evicted)):
+            if child is None and (self.inodes.is_negative(parent.ino, name) or self._complete_listing(parent)):
                 self.counters["lookups_negative_cached"] += 1
                 return None
             if not restored:
@@ -247,6 +246,10 @@ class Filesystem:
             directory.too_long = True
             return False
         self._listed(directory, *result, started)
+        if directory.evicted:
+            # Its names do not fit under --max-cached-entries: listing it again for lookups would
+            # evict what it learns. Name by name from now on, like a directory too long to list.
+            directory.too_long = True
         return True
 
     async def _restore(self, parent: Inode, name: str) -> bool:
@@ -273,23 +276,38 @@ class Filesystem:
 
     async def _restore_listing(self, directory: Inode) -> bool:
         """The directory's listing from the disk cache, if it has one within the TTL (asked at
-        most once per ``DISK_RECHECK`` seconds per directory)."""
+        most once per ``DISK_RECHECK`` seconds per directory). True if the directory has a
+        complete listing now."""
+        if self._complete_listing(directory):
+            return True
+        listing = await self._load_disk_listing(directory)
+        return listing is not None and self._apply_disk_listing(directory, listing)
+
+    async def _load_disk_listing(self, directory: Inode) -> Listing | None:
         if self.metadata is None or self.cache is None or directory.local:
-            return False
-        if self._clock() - directory.disk_checked < DISK_RECHECK:
-            return False
+            return None
+        if self._clock() - directory.disk_checked < DISK_RECHECK or self._complete_listing(directory):
+            return None
         directory.disk_checked = self._clock()
-        listing = await self.cache.run(self.metadata.load_listing, directory.key)
-        if listing is None or listing.fetched_at <= directory.changed_at:
+        return await self.cache.run(self.metadata.load_listing, directory.key)
+
+    def _apply_disk_listing(self, directory: Inode, listing: Listing) -> bool:
+        """Make a listing read from disk the directory's truth, if it is still valid. Whether the
+        directory now has a complete listing."""
+        if listing.fetched_at <= directory.changed_at:
             return False
-        if directory.listing_expires > self._clock():
+        if self._complete_listing(directory):
             return True  # listed meanwhile: that listing is fresher
-        remaining = self.metadata.remaining(listing.fetched_at)
+        remaining = self.metadata.remaining(listing.fetched_at) if self.metadata is not None else 0.0
         if remaining <= 0:
             return False
         self._apply_listing(directory, set(listing.dirs), {info.key[len(directory.key):]: info for info in listing.files},
                             remaining)
         return True
+
+    def _complete_listing(self, directory: Inode) -> bool:
+        """The directory's listing is valid and every name in it is in memory."""
+        return directory.listing_expires > self._clock() and not directory.evicted
 
     def _remember_entry(self, parent: Inode, name: str, started: float, info: ObjectInfo | None) -> None:
         """Keep what the bucket said about parent/name on disk, unless this mount changed the
@@ -397,12 +415,29 @@ class Filesystem:
             queued.cancel()  # its listing ahead still waits for a turn: the opendir lists it now
         if handle.inode.listing_done is not None:  # listed ahead, or for lookups, right now: share it
             await handle.inode.listing_done.wait()
-        with self.inodes.evictions_deferred():  # what this listing shows stays until it is pinned
-            if not self._reuse_listing(handle):
-                if not (await self._restore_listing(handle.inode) and self._reuse_listing(handle)):
-                    await self._load(handle)
-            self.inodes.snapshot_opened(entry.inode for entry in handle.entries if entry.counted)
+        directory = handle.inode
+        if not self._reuse_listing(handle):
+            listing = await self._load_disk_listing(directory)
+            # From here to the pin, no await: what the listing shows is never evicted before the
+            # snapshot pins it, and evictions are not held back while requests are under way.
+            with self.inodes.evictions_deferred():
+                restored = (listing is not None and self._apply_disk_listing(directory, listing)
+                            and self._reuse_listing(handle))
+                if restored:
+                    self._snapshot_opened(handle)
+            if not restored:
+                started = time.time()
+                result = await self._list_remote(directory)
+                assert result is not None
+                with self.inodes.evictions_deferred():
+                    handle.entries = self._listed(directory, *result, started)
+                    self._snapshot_opened(handle)
+        else:
+            self._snapshot_opened(handle)
         return self._dirs.add(handle)
+
+    def _snapshot_opened(self, handle: DirHandle) -> None:
+        self.inodes.snapshot_opened(entry.inode for entry in handle.entries if entry.counted)
 
     def _list_siblings_ahead(self, directory: Inode) -> None:
         """A traversal opening the subdirectories of a parent one by one: list the next ones now
@@ -417,7 +452,7 @@ class Filesystem:
             sibling = self.inodes.child(parent.ino, name)
             if (sibling is None or not sibling.is_dir or sibling.local or sibling.too_long
                     or sibling.listing_done is not None
-                    or (sibling.listing is not None and sibling.listing_expires > now)):
+                    or (sibling.listing is not None and self._complete_listing(sibling))):
                 continue
             queued = trio.CancelScope()
             self._nursery.start_soon(self._list_ahead, sibling, queued)
@@ -452,7 +487,7 @@ class Filesystem:
     def _reuse_listing(self, handle: DirHandle) -> bool:
         """Within the TTL, a directory's last listing is still the answer: no request."""
         directory = handle.inode
-        if directory.listing is None or directory.listing_expires <= self._clock() or directory.evicted:
+        if directory.listing is None or not self._complete_listing(directory):
             return False
         entries = [DirEntry(".", directory, False), DirEntry("..", self._inode(directory.parent), False)]
         for name in directory.listing:
@@ -462,14 +497,6 @@ class Filesystem:
             entries.append(DirEntry(name, child, True))
         handle.entries = entries
         return True
-
-    async def _load(self, handle: DirHandle) -> None:
-        """List the directory in the bucket (and keep the listing on disk when there is a cache)."""
-        directory = handle.inode
-        started = time.time()
-        result = await self._list_remote(directory)
-        assert result is not None
-        handle.entries = self._listed(directory, *result, started)
 
     def _listed(self, directory: Inode, dirs: set[str], files: dict[str, ObjectInfo], started: float) -> list[DirEntry]:
         """A complete listing fetched now: the directory's truth for the TTL, also on disk with a cache."""

@@ -70,6 +70,8 @@ class Inode:
 class InodeTable:
     def __init__(self, root_prefix: str, mount_time: float, clock: Callable[[], float], *,
                  max_idle: int = 500_000) -> None:
+        if max_idle < 1:  # a cap of 0 would evict each inode between its lookup and its answer
+            raise ValueError(f"max_idle must be at least 1, not {max_idle}")
         self._clock = clock
         self.max_idle = max_idle
         # Named file inodes that nothing holds, least recently idle first: the eviction candidates.
@@ -173,9 +175,10 @@ class InodeTable:
     def remember(self, inode: Inode) -> None:
         """The kernel received this inode (lookup, readdirplus, create): one more lookup to forget."""
         if self._inodes.get(inode.ino) is not inode:
-            # Evicted between being found and being answered (only the newest idle inode can be,
-            # at a cap of 1): the kernel will ask for it by number, so it is known, unnamed, until
-            # forgotten; its name is learnt again by the next lookup.
+            # Evicted between being found and being answered. No path does that today (the newest
+            # idle inode is never the one trimmed, and finding and answering share no await); if
+            # one ever does, the kernel will still ask for it by number: known, unnamed, until
+            # forgotten, its name learnt again by the next lookup.
             self._inodes[inode.ino] = inode
         inode.lookups += 1
         self._idle.pop(inode.ino, None)

@@ -1157,3 +1157,33 @@ def test_access_times_of_hits_are_recorded_in_one_batch_after_the_delay(tmp_path
 
     with_writer(store, body)
     store.close()
+
+
+def test_names_evicted_from_memory_come_back_from_the_disk_listing(tmp_path):
+    """--max-cached-entries evicted a directory's names (other directories were listed since):
+    their lookups restore the listing from the disk cache, not from the bucket."""
+    client = MemoryClient(seed=1)
+    for d in ("a", "b"):
+        for n in range(10):
+            client.put_object_sync(f"{d}/f{n}", b"x" * n)
+    now = [1000.0]
+    store = open_store(tmp_path / "cache")
+
+    async def check(fs, client):
+        a, b = await resolve(fs, "a"), await resolve(fs, "b")
+        await names(fs, a)
+        await names(fs, b)  # 20 names nothing holds, 12 kept: 8 of a's evicted
+        assert fs.inodes.get(a).evicted == 8
+        await fs.cache.flush()  # both listings are on disk
+        now[0] += 2  # past DISK_RECHECK since the opendirs asked the disk
+        client.calls.clear()
+        for n in range(10):
+            assert (await fs.lookup(a, f"f{n}")).size == n
+        assert client.calls["ListObjectsV2"] == 0 and client.calls["HeadObject"] == 0, client.calls
+        assert fs.metadata.stats["listings_restored"] == 1
+
+    try:
+        run_filesystem(check, client, cache=store, clock=lambda: now[0], metadata_ttl=300,
+                       max_cached_entries=12, staging_dir=str(tmp_path / "staging"))
+    finally:
+        store.close()

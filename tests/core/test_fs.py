@@ -9,6 +9,7 @@ import tracemalloc
 
 import pytest
 import trio
+import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -429,7 +430,7 @@ EVICTION_TREE = {"a/x": b"ax", "a/y": b"ay-y", "a/z": b"", "b/x": b"bx", "b/c/x"
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(EVICTION_OPS, st.integers(0, 3))
+@given(EVICTION_OPS, st.integers(1, 3))
 def test_any_cap_answers_like_the_model(ops, cap):
     """Lookups, listings and the kernel forgetting inodes in any order, with a tiny cap: every
     answer is the model's, as if nothing were evicted."""
@@ -462,3 +463,37 @@ def test_any_cap_answers_like_the_model(ops, cap):
                 assert await read_all(fs, ino) == value, path
                 assert (await fs.getattr(ino)).size == len(value)
     run(check, keys=EVICTION_TREE, metadata_ttl=3600, negative_ttl=0, max_cached_entries=cap)
+
+
+def test_a_directory_larger_than_the_cap_is_not_listed_again_for_each_lookup():
+    keys = {f"dir/f{n:02d}": b"x" * n for n in range(20)}
+
+    async def check(fs, client):
+        d = await resolve(fs, "dir")
+        for n in range(20):
+            assert (await fs.lookup(d, f"f{n:02d}")).size == n
+        # One listing for lookups evicted its own names: the rest were asked for name by name.
+        assert fs.counters["listings"] == 1 and fs.inodes.get(d).too_long
+    run(check, keys=keys, metadata_ttl=60, max_cached_entries=5)
+
+
+def test_the_cap_holds_while_an_opendir_waits_for_its_listing():
+    keys = {f"{d}/f{n}": b"x" for d in ("a", "b") for n in range(6)}
+
+    async def check(fs, client):
+        a, b = await resolve(fs, "a"), await resolve(fs, "b")
+        gate = trio.Event()
+
+        async def hold_a(operation, key):
+            if operation == "ListObjectsV2" and key == "a/":
+                await gate.wait()
+
+        client.before_call = hold_a
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(names, fs, a)
+            await trio.testing.wait_all_tasks_blocked()
+            await names(fs, b)  # 6 idle names while a's LIST is under way: 3 evicted now
+            assert fs.inodes.evictions == 3
+            gate.set()
+        assert fs.inodes.evictions == 3 + 6  # and a's own six once its snapshot is closed, 3 of b's kept
+    run(check, keys=keys, metadata_ttl=60, max_cached_entries=3)
