@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     mount.add_argument("--allow-root", action="store_true", default=None, help="let root access the mount")
     mount.add_argument("--metadata-ttl", metavar="SECONDS", help="seconds to trust cached metadata, or 'indefinite' (default: 1)")
     mount.add_argument("--negative-ttl", metavar="SECONDS", help="seconds to trust 'no such file', or 'indefinite' (default: 1)")
-    mount.add_argument("--max-cached-entries", metavar="N", help="names with their attributes kept in memory "
+    mount.add_argument("--max-cached-entries", metavar="N", help="file names with their attributes kept in memory "
                                                                  "once the kernel forgot them (default: 500000)")
     mount.add_argument("--max-threads", metavar="N", help="concurrent S3 requests (default: 32)")
     mount.add_argument("--part-size", metavar="SIZE", help="size of ranged GETs and of upload parts, 1M to 5G "
