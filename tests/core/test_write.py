@@ -19,6 +19,7 @@ import tempfile
 import threading
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -1080,11 +1081,13 @@ class WriteMachine(RuleBasedStateMachine):
     must read its file's pending content. At most one handle per name; handles whose name went away
     (unlink, replaced by a rename) are orphans: their writes and closes must change nothing."""
 
+    options: dict[str, Any] = {"metadata_ttl": 0, "negative_ttl": 0}
+
     def __init__(self) -> None:
         super().__init__()
         self.staging = tempfile.mkdtemp(prefix="s3xfs-test-")
         self.client = MemoryClient(seed=7)
-        self.fs = Filesystem(self.client, FsOptions(staging_dir=self.staging, metadata_ttl=0, negative_ttl=0))
+        self.fs = Filesystem(self.client, FsOptions(staging_dir=self.staging, **self.options))
         self.loop = TrioThread()
         self.fs.attach(self.loop.nursery)
         self.committed: dict[str, bytes] = {}
@@ -1265,3 +1268,31 @@ def test_model_helpers():
     assert _overwrite(b"abc", 5, b"x") == b"abc\0\0x"
     assert _overwrite(b"abcdef", 1, b"XY") == b"aXYdef"
     assert _resize(b"abc", 1) == b"a" and _resize(b"a", 3) == b"a\0\0"
+
+
+class CappedWriteMachine(WriteMachine):
+    """The same sequences with metadata kept for a minute, a cap of one idle inode, and the kernel
+    forgetting every inode no handle keeps open: writes, renames and unlinks meet evicted names
+    and listings that no longer prove absence."""
+
+    options = {"metadata_ttl": 60, "negative_ttl": 0, "max_cached_entries": 1}
+
+    def kernel_forgets(self) -> None:
+        held = [(ino, inode.lookups) for ino in list(self.fs.inodes._inodes)
+                if ino != ROOT_INODE and (inode := self.fs.inodes.get(ino)) is not None
+                and inode.lookups and not inode.open_handles]
+        self.fs.forget(held)
+
+    def close_name(self, name: str) -> None:  # the kernel forgets as soon as nothing is open
+        super().close_name(name)
+        self.kernel_forgets()
+
+    @rule()
+    def listing(self):
+        super().listing()
+        self.kernel_forgets()
+
+
+TestCappedWriteSequences = CappedWriteMachine.TestCase
+TestCappedWriteSequences.settings = settings(max_examples=50, stateful_step_count=40, deadline=None,
+                                             suppress_health_check=[HealthCheck.too_slow])
