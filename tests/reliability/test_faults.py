@@ -304,7 +304,13 @@ def test_beyond_the_retry_budget_operations_fail_with_eio_never_wrong_data_nor_h
           f"{worst:.1f} s (bound {bound:.0f} s)")
     assert report.problems == 0, report.describe()  # no wrong bytes, nothing lost, no hang
     assert sum(during.values()) > 0, "the harsh setting did not exceed the retry budget"
-    assert set(report.failed_by_errno) <= {"EIO"}, report.describe()  # whenever they started
+    for kind, counts in report.failures.items():  # whenever they started
+        # EIO for what ran out of retries. Reading back a file whose last change failed ("resolve")
+        # may also meet ESTALE: the failed request can still land after the client gave up,
+        # changing the object behind the metadata the mount trusts for --metadata-ttl (1 s), and a
+        # handle never mixes versions (SEMANTICS). Seen once in more than 20 runs of this test.
+        allowed = {"EIO", "ESTALE"} if kind == "resolve" else {"EIO"}
+        assert set(counts) <= allowed, report.describe()
     assert sum(after.values()) == 0, report.describe()
     assert report.verified_files > 0
 
