@@ -3,7 +3,8 @@
 Kept apart from the operations (Mountpoint's "superblock"). Rules:
 - inode numbers are allocated here, never reused while the process lives;
 - an inode lives while the kernel holds lookups on it, a handle is open on it or an open
-  directory snapshot lists it, even after its name vanished from the bucket; ``forget`` only ever decrements and never raises;
+  directory snapshot lists it, even after its name vanished from the bucket; ``forget`` only
+  ever decrements and never raises;
 - when a name changes kind (a file replaced by a directory), the name gets a new inode; the old
   one lives on until the kernel forgets it;
 - attributes and negative entries carry expiry times (monotonic seconds; ``math.inf`` for
@@ -40,7 +41,7 @@ class Inode:
     checksum: str | None = None  # "<ALGORITHM>:<base64>" when the bucket reported one
     expires: float = 0.0  # attributes valid until (monotonic)
     listing_expires: float = 0.0  # directories: a complete listing of the children is valid until
-    listing: list[str] | None = None  # directories: the child names of that listing (subdirectories only once ``evicted``)
+    listing: list[str] | None = None  # directories: that listing's child names (only subdirectories once ``evicted``)
     listing_dirs: int = 0  # directories: how many names at the front of ``listing`` are subdirectories
     listing_version: int = 0  # directories: which listing ``listing`` is (each complete listing adds one)
     evicted: int = 0  # directories: children evicted from memory since ``listing`` was made
@@ -69,7 +70,7 @@ class Inode:
 
 class InodeTable:
     def __init__(self, root_prefix: str, mount_time: float, clock: Callable[[], float], *,
-                 max_idle: int = 500_000) -> None:
+                 max_idle: int) -> None:
         if max_idle < 1:  # a cap of 0 would evict each inode between its lookup and its answer
             raise ValueError(f"max_idle must be at least 1, not {max_idle}")
         self._clock = clock
@@ -174,12 +175,6 @@ class InodeTable:
 
     def remember(self, inode: Inode) -> None:
         """The kernel received this inode (lookup, readdirplus, create): one more lookup to forget."""
-        if self._inodes.get(inode.ino) is not inode:
-            # Evicted between being found and being answered. No path does that today (the newest
-            # idle inode is never the one trimmed, and finding and answering share no await); if
-            # one ever does, the kernel will still ask for it by number: known, unnamed, until
-            # forgotten, its name learnt again by the next lookup.
-            self._inodes[inode.ino] = inode
         inode.lookups += 1
         self._idle.pop(inode.ino, None)
 
