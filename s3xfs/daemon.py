@@ -164,7 +164,7 @@ def _open_cache(config: MountConfig) -> CacheStore | None:
     endpoint = config.endpoint_url or endpoint_for(bucket, config.region).url
     try:
         return CacheStore(config.cache_dir, Namespace(endpoint, config.bucket, config.prefix),
-                          size_limit=config.max_cache_size)
+                          size_limit=config.max_cache_size, block_writer=True)
     except (CacheDirError, OSError, sqlite3.Error) as exc:
         raise MountFailed(f"cannot use cache directory {config.cache_dir}: {exc}") from None
 

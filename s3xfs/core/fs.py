@@ -1208,7 +1208,7 @@ class Filesystem:
         cache = None
         if self.cache is not None and self.blocks is not None and self.metadata is not None:
             cache = {"directory": str(self.cache.directory), "size_limit": self.cache.size_limit,
-                     "block_size": self.blocks.block_size, "blocks": dict(self.blocks.stats),
+                     "block_size": self.blocks.block_size, "blocks": self.blocks.counters(),
                      "metadata": dict(self.metadata.stats), "errors": self.cache.errors}
         return {
             "s3": {"requests": client.get("requests", {}), "failures": client.get("failures", {}),

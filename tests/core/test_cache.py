@@ -1093,19 +1093,22 @@ def test_hits_keep_least_recently_used_order_without_a_write_lock(tmp_path):
     store.close()
 
 
-def test_blocks_go_to_disk_in_one_write_and_small_values_stay_in_sqlite(tmp_path, monkeypatch):
+def test_blocks_go_to_disk_in_two_writes_uncopied_and_small_values_stay_in_sqlite(tmp_path, monkeypatch):
     """Given bytes, diskcache writes a file line by line (about a thousand GIL-holding writes per
     256 KiB of binary data, which starved the FUSE thread while a cache filled): a block must reach
-    its file in one write, whatever bytes it holds; a value under diskcache's file threshold stays
-    inline in SQLite. Both read back through the hit path."""
+    its file in two writes, its checksum then its data, whatever bytes it holds, and the data is
+    written from the fetched buffer itself, never from a joined copy; a value under diskcache's
+    file threshold stays inline in SQLite. Both read back through the hit path."""
     store = open_store(tmp_path / "c")
     blocks = BlockCache(store, 256 << 10)
     writes: list[int] = []
+    written_from: list[object] = []
     original = store.cache._disk._write
 
     def counting_write(full_path: str, iterator: Any, mode: str, encoding: str | None = None) -> int:
         chunks = list(iterator)
         writes.append(len(chunks))
+        written_from.extend(chunk.obj if isinstance(chunk, memoryview) else chunk for chunk in chunks)
         return original(full_path, iter(chunks), mode, encoding)
 
     monkeypatch.setattr(store.cache._disk, "_write", counting_write)
@@ -1113,7 +1116,8 @@ def test_blocks_go_to_disk_in_one_write_and_small_values_stay_in_sqlite(tmp_path
     small = b"\n" * 100
     blocks.save("big", "e1", len(block), 0, block)
     blocks.save("small", "e1", len(small), 0, small)
-    assert writes == [1]  # the block; the small value went to SQLite
+    assert writes == [2]  # the block; the small value went to SQLite
+    assert written_from[1] is block
     assert [bytes(piece) for piece in blocks.load("big", "e1", len(block), range(1))] == [block]
     assert [bytes(piece) for piece in blocks.load("small", "e1", len(small), range(1))] == [small]
     assert blocks.stats["blocks_stored"] == 2 and store.errors == 0

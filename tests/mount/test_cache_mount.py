@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import random
+import signal
 import stat
 import subprocess
 import sys
@@ -277,3 +279,50 @@ def test_cache_directory_mistakes_are_one_line_errors(server, tmp_path):
     assert result.returncode == 2 and "power of two" in result.stderr
     result = s3xfs(*base, "--cache", str(tmp_path / "c"), "--max-cache-size", "1M")
     assert result.returncode == 2 and "at least" in result.stderr
+
+
+def block_writers(daemon: int) -> list[int]:
+    """The daemon's children running the cache's block writer."""
+    found = []
+    for task in Path(f"/proc/{daemon}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):
+                if b"block-writer" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    found.append(int(pid))
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_child_process_stores_blocks_and_the_daemon_takes_over_if_it_dies(server, mount_factory, tmp_path):
+    """Blocks are stored by the block writer, a child of the daemon that ends with the mount; if it
+    is killed, reads go on and the daemon stores the next blocks itself."""
+    tree = put_tree(server, files=4)
+    keys = sorted(tree)
+    first, second = keys[:6], keys[6:]
+    cache = tmp_path / "cache"
+    args = ("--read-only", "--cache", str(cache), "--metadata-ttl", "300")
+    mount = mount_factory(server, BUCKET, *args)
+    assert read_all(mount.path, first) == {key: tree[key] for key in first}
+    (writer,) = block_writers(mount.proc.pid)
+    os.kill(writer, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while running(writer) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert read_all(mount.path, second) == {key: tree[key] for key in second}
+    assert mount.stop() == 0
+    assert not running(writer) and not Path(f"/proc/{writer}").exists()  # reaped by the daemon at unmount
+    assert "went away" in mount.log.read_text()
+    server.reset_stats()
+    mount = mount_factory(server, BUCKET, *args)
+    assert read_all(mount.path, second) == {key: tree[key] for key in second}
+    assert requests(server).get("GetObject", 0) == 0  # stored by the daemon itself
+    assert read_all(mount.path, first) == {key: tree[key] for key in first}
+    (writer,) = block_writers(mount.proc.pid) or (None,)
+    mount.stop()
+    assert writer is None or not Path(f"/proc/{writer}").exists()  # an unmount waits for its block writer

@@ -38,6 +38,11 @@ def _crc(data: bytes | bytearray | memoryview) -> bytes:
     return zlib.crc32(data).to_bytes(4, "big")
 
 
+def stored_form(block: bytes | bytearray | memoryview) -> tuple[bytes, bytes | bytearray | memoryview]:
+    """What is stored for a block, in pieces: its CRC-32, then the block itself (never joined)."""
+    return _crc(block), block
+
+
 class BlockCache:
     """Blocks of one namespace in a :class:`CacheStore`. The methods without ``async`` block:
     call them through ``store.run`` (worker threads)."""
@@ -83,6 +88,15 @@ class BlockCache:
         hits = sum(piece is not None for piece in found)
         self._count(block_hits=hits, block_misses=len(found) - hits - corrupt, blocks_corrupt=corrupt)
         return found
+
+    def counters(self) -> dict[str, int]:
+        """Hits, misses, corrupt blocks, and blocks stored here or by the block writer."""
+        with self._stats_lock:
+            counts = dict(self.stats)
+        writer = self.store.block_writer
+        if writer is not None:
+            counts["blocks_stored"] = counts.get("blocks_stored", 0) + writer.stored
+        return counts
 
     def _count(self, **amounts: int) -> None:
         with self._stats_lock:
@@ -139,9 +153,10 @@ class BlockCache:
             block = view[offset:offset + length]
             if len(block) != length:
                 break  # a short tail (never happens for a complete GET): not a whole block
-            stored = self.store.guard(self.store.put, self._key(key, etag, size, index), _crc(block) + block)
-            if stored:
-                self._count(blocks_stored=1)
+            name = self._key(key, etag, size, index)
+            if not self.store.send_block(name, block):  # else the block writer stores and counts it
+                if self.store.guard(self.store.put, name, *stored_form(block)):
+                    self._count(blocks_stored=1)
             offset += length
             index += 1
 

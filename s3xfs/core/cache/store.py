@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import io
 import json
 import logging
 import os
@@ -40,6 +39,7 @@ import diskcache
 import trio
 
 from ..prefetch import MemoryBudget
+from .block_writer import BlockWriter, BlockWriterGone
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ REGISTRY = "namespaces.json"
 # transaction a second instead of one per hit, which cost a restarted job's epoch about a sixth of
 # its rate (1,200 files at 4 ms: 956-1,066 files/s with a transaction per hit, 1,200-1,286 with none).
 BOOKKEEPING_DELAY = 1.0
+BLOCK_WRITER_FLUSH_TIMEOUT = 60.0  # seconds an unmount waits for the block writer: a full backlog on a slow disk
 WRITE_BACKLOG = 64 << 20  # fetched bytes waiting to be written to the cache: bounds the memory it takes
 DB_NAME = "cache.db"  # diskcache's database: its presence marks a directory as a cache
 
@@ -130,7 +131,8 @@ def prepare_directory(directory: Path) -> Path:
 class CacheStore:
     """One open cache directory, as seen by one namespace."""
 
-    def __init__(self, directory: Path, namespace: Namespace, *, size_limit: int | None = None) -> None:
+    def __init__(self, directory: Path, namespace: Namespace, *, size_limit: int | None = None,
+                 block_writer: bool = False) -> None:
         self.directory = prepare_directory(directory)
         self.namespace = namespace
         self.tag = namespace.id
@@ -138,8 +140,13 @@ class CacheStore:
         self.cache = open_cache(self.directory, self.size_limit)
         self.limiter = trio.CapacityLimiter(DISK_THREADS)
         self._failures_logged: set[str] = set()
-        self.errors = 0  # failed cache calls (any thread: counted under the lock)
+        self._errors = 0  # failed cache calls in this process (any thread: counted under the lock)
         self._errors_lock = threading.Lock()
+        # A process of its own stores fetched blocks (see block_writer.py), when asked for: the
+        # daemon does, tests of the cache's logic need not.
+        self.block_writer = (BlockWriter(self.directory, self.tag, self.size_limit,
+                                         lambda kind, message: self.failed(kind, message, counted=False))
+                             if block_writer else None)
         self.backlog = MemoryBudget(WRITE_BACKLOG)
         self._queue: deque[tuple[Callable[..., Any], tuple[Any, ...], int]] = deque()
         self._queued = trio.Event()
@@ -205,9 +212,30 @@ class CacheStore:
             self._queue_deferred()
 
     async def flush(self) -> None:
-        """Apply every queued and deferred write now (at unmount: nothing fetched is lost to the cache)."""
+        """Apply every queued and deferred write now, and wait for the block writer to store what
+        it was sent (at unmount: nothing fetched is lost to the cache)."""
         self._queue_deferred()
         await self._apply_queued()
+        writer = self.block_writer
+        if writer is not None and writer.running:
+            async with self._flushing:  # the writer's one sending thread at a time
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(writer.flush, BLOCK_WRITER_FLUSH_TIMEOUT)
+
+    def send_block(self, name: str, data: bytes | bytearray | memoryview) -> bool:
+        """Hand a block to the block writer (from the writer thread); False: store it here instead."""
+        if self.block_writer is None:
+            return False
+        try:
+            self.block_writer.send(name, data)
+        except BlockWriterGone:
+            return False
+        return True
+
+    @property
+    def errors(self) -> int:
+        """Failed cache calls, the block writer's included."""
+        return self._errors + (self.block_writer.failed if self.block_writer is not None else 0)
 
     async def _apply_queued(self) -> None:
         async with self._flushing:
@@ -229,17 +257,9 @@ class CacheStore:
         for fn, args, _ in batch:
             self.guard(fn, *args)
 
-    def put(self, name: str, value: bytes) -> bool:
-        """Store ``value`` under ``name``, tagged with this namespace (blocks: call in a worker thread).
-
-        A value large enough for a file of its own is handed to diskcache as a file object: given
-        bytes, diskcache writes them line by line (it iterates an ``io.BytesIO``), about a thousand
-        GIL-holding writes for 256 KiB of binary data, which starved the FUSE thread while the
-        cache filled; read from a file object they go to disk in one write.
-        """
-        if len(value) >= self.cache.disk_min_file_size:
-            return bool(self.cache.set(name, io.BytesIO(value), read=True, tag=self.tag))
-        return bool(self.cache.set(name, value, tag=self.tag))
+    def put(self, name: str, *pieces: bytes | bytearray | memoryview) -> bool:
+        """Store the concatenation of ``pieces`` under ``name`` (blocks: call in a worker thread)."""
+        return put_value(self.cache, self.tag, name, *pieces)
 
     def guard(self, fn: Callable[..., T], *args: Any, default: T | None = None, **kwargs: Any) -> T | None:
         """``fn(*args, **kwargs)``, or ``default`` if the cache failed: a cache problem is a miss,
@@ -247,15 +267,19 @@ class CacheStore:
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - see the docstring
-            with self._errors_lock:
-                self.errors += 1
-            kind = type(exc).__name__
-            if kind not in self._failures_logged:
-                self._failures_logged.add(kind)
-                expected = isinstance(exc, (OSError, diskcache.Timeout, sqlite3.Error))
-                log.warning("cache %s: %s: %s (treated as a miss; logged once)", self.directory, kind, exc,
-                            exc_info=not expected)
+            expected = isinstance(exc, (OSError, diskcache.Timeout, sqlite3.Error))
+            self.failed(type(exc).__name__, str(exc), exc_info=None if expected else exc)
             return default
+
+    def failed(self, kind: str, message: str, *, exc_info: BaseException | None = None, counted: bool = True) -> None:
+        """Count a failed cache call (unless the block writer counted it) and log its kind once."""
+        with self._errors_lock:
+            self._errors += counted
+            first = kind not in self._failures_logged
+            self._failures_logged.add(kind)
+        if first:
+            log.warning("cache %s: %s: %s (treated as a miss; logged once)", self.directory, kind, message,
+                        exc_info=exc_info)
 
     def _register(self) -> None:
         with open(self.directory / (REGISTRY + ".lock"), "a") as lock:
@@ -268,7 +292,40 @@ class CacheStore:
             os.replace(temporary, self.directory / REGISTRY)
 
     def close(self) -> None:
+        if self.block_writer is not None:
+            self.block_writer.close()
         self.cache.close()
+
+
+def put_value(cache: diskcache.Cache, tag: str, name: str, *pieces: bytes | bytearray | memoryview) -> bool:
+    """Store the concatenation of ``pieces`` under ``name``, tagged ``tag`` (blocks: a worker thread).
+
+    A value large enough for a file of its own is handed to diskcache as a file object that reads
+    the pieces in place, so it reaches its file in one write per piece and is never joined into a
+    copy: given bytes, diskcache writes them line by line (it iterates an ``io.BytesIO``), about a
+    thousand GIL-holding writes for 256 KiB of binary data, which starved the FUSE thread while
+    the cache filled.
+    """
+    if sum(map(len, pieces)) >= cache.disk_min_file_size:
+        return bool(cache.set(name, _PiecesReader(pieces), read=True, tag=tag))
+    return bool(cache.set(name, b"".join(pieces), tag=tag))
+
+
+class _PiecesReader:
+    """A binary file object over pieces of a value, read in place (see :func:`put_value`)."""
+
+    def __init__(self, pieces: tuple[bytes | bytearray | memoryview, ...]) -> None:
+        self._pieces = [memoryview(piece) for piece in pieces if len(piece)]
+
+    def read(self, size: int = -1) -> memoryview | bytes:
+        if not self._pieces:
+            return b""
+        piece = self._pieces[0]
+        if 0 <= size < len(piece):
+            self._pieces[0] = piece[size:]
+            return piece[:size]
+        del self._pieces[0]
+        return piece
 
 
 def open_cache(directory: Path, size_limit: int) -> diskcache.Cache:
