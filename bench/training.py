@@ -437,8 +437,8 @@ def report(result: dict) -> None:
             rows.append((label, f"{rate[key]:.0f}", f"{cpu[key] * 1e3 / files:.2f}", *requests_cell(phase), peak))
         elif key == "local_cold":
             rows.append((label, "not measured: not root", "-", "-", "-", "-", "-", "-"))
-    print_table(("phase", "files/s", "CPU ms/file", "GETs", "LISTs", "HEADs", "other requests", "daemon peak RSS"), rows)
-    print("\nCPU ms/file: core-milliseconds per file of every process involved (readers, daemon, endpoint)")
+    print_table(("phase", "files/s", "CPU ms/file", "GETs", "LISTs", "HEADs", "other requests", "daemon peak RSS (its children included)"), rows)
+    print("\nCPU ms/file: core-milliseconds per file of every process involved (readers, daemon and its block writer, endpoint)")
 
     def ratio_row(label: str, top: str, bottom: str, target: float | None) -> tuple[str, ...]:
         if top not in rate or bottom not in rate:  # local_cold: measured as root only
@@ -490,7 +490,7 @@ def report(result: dict) -> None:
         rows.append((label, duration(seconds[key]), duration(fcpu[key]), f"{phase['count']:,}"
                      + ("" if counts_ok else " WRONG"), cells[1], cells[0], cells[2], cells[3], peak))
     print_table(("phase", "time", "CPU (all processes)", "files found", "LISTs", "GETs", "HEADs", "other requests",
-                 "daemon peak RSS"), rows)
+                 "daemon peak RSS (its children included)"), rows)
     remount = ffirst["cache_remount"]
     print(f"\nfind after remount / fresh mount without --cache: "
           f"{seconds['cache_remount'] / seconds['nocache_fresh']:.2f} of the time; "
