@@ -147,7 +147,8 @@ async def serve(config: MountConfig, ready: Callable[[], None]) -> None:
                 await _mount_and_serve(config, fs, ready)
             finally:
                 if cache is not None:
-                    cache.close()
+                    with trio.CancelScope(shield=True):  # waits for the block writer: not on the trio thread
+                        await trio.to_thread.run_sync(cache.close)
     except client_errors.ClientError as exc:
         raise MountFailed(_reason(exc)) from None
 

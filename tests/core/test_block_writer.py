@@ -4,6 +4,7 @@ its failures are reported once per kind and counted."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -36,12 +37,12 @@ def store(tmp_path: Path):
         opened.close()  # ends the child's input and waits for it: no process outlives the test
 
 
-def save_all(cache: BlockCache, bodies: list[bytes], prefix: str = "k") -> None:
+def save_all(cache: BlockCache, bodies: list[bytes], prefix: str = "données/é") -> None:
     for number, body in enumerate(bodies):
         cache.save(f"{prefix}{number}", "etag", len(body), 0, body)
 
 
-def load_all(cache: BlockCache, bodies: list[bytes], prefix: str = "k") -> list[bytes | None]:
+def load_all(cache: BlockCache, bodies: list[bytes], prefix: str = "données/é") -> list[bytes | None]:
     loaded = []
     for number, body in enumerate(bodies):
         (piece,) = cache.load(f"{prefix}{number}", "etag", len(body), range(1))
@@ -80,15 +81,15 @@ def test_the_child_stores_its_whole_input_before_it_exits(store, tmp_path):
         reopened.close()
 
 
-def test_the_child_ignores_sigterm_and_sigint_and_keeps_storing(store):
+def test_the_child_ignores_the_signals_a_group_gets_and_keeps_storing(store):
     """A Ctrl-C or `systemctl stop` reaching the whole group must not drop the queued blocks: the
     daemon stops the child by ending its input."""
     cache = BlockCache(store, BLOCK)
     first, later = blocks_of(2, seed=3), blocks_of(2, seed=4)
     save_all(cache, first)
     assert store.block_writer.flush(30)
-    os.kill(child_pid(store), signal.SIGTERM)
-    os.kill(child_pid(store), signal.SIGINT)
+    for number in writer_module.IGNORED_SIGNALS:
+        os.kill(child_pid(store), number)
     save_all(cache, later, prefix="later")
     assert store.block_writer.flush(30) and store.block_writer.running
     assert load_all(cache, later, prefix="later") == later
@@ -152,16 +153,53 @@ def test_failures_are_reported_once_per_kind_and_counted(tmp_path, monkeypatch):
     assert "S 0 2" in lines and lines[-1] == "F 7"
 
 
-def test_the_parent_counts_and_logs_what_the_child_reports(store, caplog):
-    """What arrives on the child's stdout is what `s3xfs stats` and the log show."""
-    writer = store.block_writer
-    with caplog.at_level(logging.WARNING):
-        writer._on_failure("OSError", "[Errno 28] No space left on device")
-        writer._on_failure("OSError", "[Errno 28] No space left on device")
-    assert sum("No space left" in record.getMessage() for record in caplog.records) == 1
-    assert store.errors == 0  # counted from the child's S line, not per report
-    writer.failed = 3
-    assert store.errors == 3
+def test_a_child_that_cannot_open_the_cache_reports_why_and_its_blocks_count_as_failed(tmp_path, caplog):
+    """A real child whose cache directory turned into a file: its one E line is logged once, every
+    block it was sent and never stored counts as a failed cache call, and the daemon takes over."""
+    opened = CacheStore(tmp_path / "cache", NS, size_limit=1 << 30, block_writer=True)
+    try:
+        elsewhere = tmp_path / "not-a-directory"
+        elsewhere.write_bytes(b"x")
+        opened.block_writer._args[-3] = str(elsewhere)  # noqa: SLF001 - the child's cache directory
+        cache = BlockCache(opened, BLOCK)
+        bodies = blocks_of(3, seed=8)
+        with caplog.at_level(logging.WARNING):
+            save_all(cache, bodies)
+            deadline = time.monotonic() + 30
+            while opened.block_writer.running and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert not opened.block_writer.running
+            save_all(cache, bodies, prefix="again")
+        stopped = [r for r in caplog.records if "the block writer stopped" in r.getMessage()]
+        assert len(stopped) == 1, caplog.text
+        sent = opened.block_writer.sent
+        assert 1 <= sent <= 3 and opened.errors == sent  # what the child took and never stored
+        assert load_all(cache, bodies, prefix="again") == bodies  # stored by the daemon itself
+    finally:
+        opened.close()
+
+
+def test_a_child_that_takes_nothing_is_killed_and_the_daemon_takes_over(store, monkeypatch, caplog):
+    """A child alive but not reading (stopped, or stuck on a disk) must not hang the cache's writer,
+    and with it every read waiting for room in the backlog."""
+    monkeypatch.setattr(writer_module, "SEND_TIMEOUT", 1.0)
+    cache = BlockCache(store, BLOCK)
+    save_all(cache, blocks_of(1, seed=9), prefix="first")
+    pid = child_pid(store)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        bodies = blocks_of(12, seed=10)  # 3 MiB: more than the pipe holds
+        with caplog.at_level(logging.WARNING):
+            started = time.monotonic()
+            save_all(cache, bodies)
+        assert time.monotonic() - started < 20
+        assert any("took nothing" in r.getMessage() for r in caplog.records), caplog.text
+        # The pipe (1 MiB) holds at most 3 whole blocks: the daemon stored the rest itself.
+        assert cache.stats["blocks_stored"] >= 9
+        assert load_all(cache, bodies)[3:] == bodies[3:]
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGCONT)
 
 
 def test_a_block_writer_that_cannot_start_leaves_the_daemon_storing(tmp_path, monkeypatch, caplog):

@@ -41,7 +41,18 @@ log = logging.getLogger(__name__)
 _FRAME = struct.Struct("!BII")  # kind, key length, data length
 _BLOCK, _FLUSH = 1, 2
 PIPE_SIZE = 1 << 20  # a few blocks in flight between the processes (Linux's default cap for a pipe)
+# Seconds the child may go without taking a byte before it is taken for stuck, killed, and the
+# daemon stores blocks itself: it may wait SQLITE_TIMEOUT (5 s) for each of the few blocks the pipe
+# holds when another process holds the database.
+SEND_TIMEOUT = 30.0
 STOP_TIMEOUT = 30.0  # seconds the child may take to store its backlog at unmount before it is killed
+WATCH_INTERVAL = 1.0  # seconds between two looks at a write under way (and a stuck child)
+REPORT_INTERVAL = 1.0  # seconds between the child's running totals while its input never runs dry
+# Signals the child ignores: a Ctrl-C, `systemctl stop` or `systemctl kill` reaching every process
+# of the mount must not drop what it was sent; it stops when its input ends.
+IGNORED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+# The daemon's environment minus what the child has no use for: it never talks to S3.
+_SECRET_PREFIXES = ("AWS_",)
 
 COMMAND = "block-writer"  # python -m s3xfs.core.cache block-writer ...: how the child shows in ps
 Failure = Callable[[str, str], None]
@@ -56,7 +67,8 @@ class BlockWriter:
     one thread at a time (the cache's writer thread)."""
 
     def __init__(self, directory: Path, tag: str, size_limit: int, on_failure: Failure) -> None:
-        self._args = [sys.executable, "-m", "s3xfs.core.cache", COMMAND, str(directory), tag, str(size_limit)]
+        # -P: nothing from the daemon's working directory on the child's import path.
+        self._args = [sys.executable, "-P", "-m", "s3xfs.core.cache", COMMAND, str(directory), tag, str(size_limit)]
         self._on_failure = on_failure
         self._process: subprocess.Popen[bytes] | None = None
         self._gone = False
@@ -64,17 +76,30 @@ class BlockWriter:
         self._state = threading.Condition()  # guards the counters below, written by the reply reader
         self._acked_flush = 0
         self._exited = False
-        self.stored = 0
-        self.failed = 0
+        self._writing_since: float | None = None  # when the write under way began (the reply reader watches it)
+        self._stuck = False  # killed for taking nothing for SEND_TIMEOUT
+        self.sent = 0  # blocks handed to the child
+        self.stored = 0  # as the child last reported
+        self._failed = 0  # as the child last reported
 
     @property
     def running(self) -> bool:
         return self._process is not None and not self._exited
 
+    @property
+    def failed(self) -> int:
+        """Blocks the child could not store, and those it never got to once it exited."""
+        with self._state:
+            lost = self.sent - self.stored - self._failed if self._exited else 0
+            return self._failed + max(0, lost)
+
     def send(self, key: str, data: bytes | bytearray | memoryview) -> None:
         """Queue one block for the child; raises :class:`BlockWriterGone` if it cannot take it."""
         name = key.encode()
-        self._write([_FRAME.pack(_BLOCK, len(name), len(data)), name, data])
+        view = memoryview(data).cast("B")
+        self._write([_FRAME.pack(_BLOCK, len(name), view.nbytes), name, view])
+        with self._state:
+            self.sent += 1
 
     def flush(self, timeout: float) -> bool:
         """Wait until every block sent so far is stored (or the child exited); whether it was."""
@@ -114,10 +139,13 @@ class BlockWriter:
             process.wait()
 
     def _write(self, pieces: list[bytes | bytearray | memoryview]) -> None:
+        """Write all of ``pieces`` to the child (blocking: the kernel wakes us once, not per page
+        freed), or give up on it: dead, or stuck for SEND_TIMEOUT (then the reply reader kills it)."""
         process = self._start()
         assert process.stdin is not None
         fd = process.stdin.fileno()
         views = [memoryview(piece).cast("B") for piece in pieces]
+        self._writing_since = time.monotonic()
         try:
             while views:
                 written = os.writev(fd, views)
@@ -127,25 +155,33 @@ class BlockWriter:
                     views[0] = views[0][written:]
         except OSError as exc:
             self._gone = True
-            log.warning("cache block writer (pid %d) went away (%s): the daemon stores blocks itself from now on",
-                        process.pid, exc.strerror or exc)
+            why = (f"took nothing for {SEND_TIMEOUT:.0f} s: killed" if self._stuck
+                   else f"went away ({exc.strerror or exc})")
+            log.warning("cache block writer (pid %d) %s: the daemon stores blocks itself from now on", process.pid, why)
             raise BlockWriterGone from None
+        finally:
+            self._writing_since = None
 
     def _start(self) -> subprocess.Popen[bytes]:
         if self._gone:
             raise BlockWriterGone
         if self._process is not None:
             return self._process
+        env = {name: value for name, value in os.environ.items() if not name.startswith(_SECRET_PREFIXES)}
         try:
+            # A session of its own: the terminal's signals are not for it. stderr: what goes wrong
+            # comes back as an "E" reply; nothing may hold the stderr of whoever started the mount.
             process = subprocess.Popen(self._args, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                       close_fds=True, start_new_session=False)
+                                       stderr=subprocess.DEVNULL, close_fds=True, start_new_session=True,
+                                       cwd="/", env=env)
         except OSError as exc:
             self._gone = True
             log.warning("cannot start the cache block writer (%s): the daemon stores blocks itself", exc)
             raise BlockWriterGone from None
         assert process.stdin is not None
+        fd = process.stdin.fileno()
         try:
-            fcntl.fcntl(process.stdin.fileno(), fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
         except OSError:
             pass  # the system's cap is lower: smaller writes, same result
         self._process = process
@@ -154,21 +190,46 @@ class BlockWriter:
         return process
 
     def _read_replies(self, process: subprocess.Popen[bytes]) -> None:
+        """Read the child's replies; once a second, kill it if a write has waited SEND_TIMEOUT."""
         assert process.stdout is not None
-        for line in process.stdout:
-            kind, _, rest = line.decode(errors="replace").rstrip("\n").partition(" ")
+        fd = process.stdout.fileno()
+        pending = b""
+        try:
+            while True:
+                if select.select([fd], [], [], WATCH_INTERVAL)[0]:
+                    chunk = os.read(fd, 1 << 16)
+                    if not chunk:
+                        break
+                    *lines, pending = (pending + chunk).split(b"\n")
+                    for line in lines:
+                        self._reply(line.decode(errors="replace"))
+                since = self._writing_since
+                if since is not None and time.monotonic() - since > SEND_TIMEOUT and process.poll() is None:
+                    self._stuck = True
+                    process.kill()  # the blocked write fails, and the daemon takes over
+        finally:
+            process.stdout.close()
             with self._state:
-                if kind == "S":
-                    stored, failed = rest.split()
-                    self.stored, self.failed = int(stored), int(failed)
-                elif kind == "F":
-                    self._acked_flush = max(self._acked_flush, int(rest))
+                self._exited = True
                 self._state.notify_all()
-            if kind == "E":
-                failure, _, message = rest.partition(" ")
-                self._on_failure(failure, message)
+
+    def _reply(self, line: str) -> None:
+        kind, _, rest = line.partition(" ")
+        if kind == "E":
+            failure, _, message = rest.partition(" ")
+            self._on_failure(failure, message)
+            return
+        try:
+            numbers = [int(word) for word in rest.split()]
+        except ValueError:
+            numbers = []
         with self._state:
-            self._exited = True
+            if kind == "S" and len(numbers) == 2:
+                self.stored, self._failed = numbers
+            elif kind == "F" and len(numbers) == 1:
+                self._acked_flush = max(self._acked_flush, numbers[0])
+            else:
+                log.debug("cache block writer: unexpected reply %r", line)
             self._state.notify_all()
 
 
@@ -187,6 +248,23 @@ def _read_exactly(fd: int, view: memoryview) -> bool:
 
 def serve(directory: Path, tag: str, size_limit: int, stdin: int = 0, stdout: int = 1) -> None:
     """Store the blocks read from ``stdin`` until it ends (the child's main loop)."""
+    replying = True
+
+    def reply(text: str) -> None:
+        nonlocal replying
+        if replying:
+            try:
+                os.write(stdout, text.encode(errors="backslashreplace"))
+            except OSError:
+                replying = False  # the daemon is gone: store what it sent all the same
+
+    try:
+        _serve(directory, tag, size_limit, stdin, reply)
+    except Exception as exc:  # noqa: BLE001 - the daemon counts what was not stored and logs this
+        reply(f"E {type(exc).__name__} {_one_line(exc)} (the block writer stopped)\n")
+
+
+def _serve(directory: Path, tag: str, size_limit: int, stdin: int, reply: Callable[[str], None]) -> None:
     from .blocks import stored_form
     from .store import open_cache, put_value
 
@@ -195,17 +273,8 @@ def serve(directory: Path, tag: str, size_limit: int, stdin: int = 0, stdout: in
     buffer = bytearray(1 << 20)
     stored = failed = 0
     reported = (0, 0)
+    reported_at = time.monotonic()
     kinds: set[str] = set()
-
-    replying = [True]
-
-    def reply(text: str) -> None:
-        if replying[0]:
-            try:
-                os.write(stdout, text.encode())
-            except BrokenPipeError:
-                replying[0] = False  # the daemon is gone: store what it sent all the same
-
     try:
         while _read_exactly(stdin, memoryview(header)):
             kind, key_length, data_length = _FRAME.unpack(header)
@@ -224,10 +293,11 @@ def serve(directory: Path, tag: str, size_limit: int, stdin: int = 0, stdout: in
                     name = type(exc).__name__
                     if name not in kinds:
                         kinds.add(name)
-                        reply(f"E {name} {str(exc).replace(chr(10), ' ')}\n")
-            caught_up = not select.select([stdin], [], [], 0)[0]
-            if (kind == _FLUSH or caught_up) and (stored, failed) != reported:
-                reported = (stored, failed)
+                        reply(f"E {name} {_one_line(exc)}\n")
+            now = time.monotonic()
+            due = kind == _FLUSH or now - reported_at >= REPORT_INTERVAL or not select.select([stdin], [], [], 0)[0]
+            if due and (stored, failed) != reported:
+                reported, reported_at = (stored, failed), now
                 reply(f"S {stored} {failed}\n")
             if kind == _FLUSH:
                 reply(f"F {key.decode()}\n")
@@ -235,10 +305,13 @@ def serve(directory: Path, tag: str, size_limit: int, stdin: int = 0, stdout: in
         cache.close()
 
 
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
 def main(argv: list[str]) -> int:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # stop when the daemon closes our input, not before
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    for number in IGNORED_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)  # stop when the daemon closes our input, not before
     directory, tag, size_limit = argv
     serve(Path(directory), tag, int(size_limit))
     return 0
-

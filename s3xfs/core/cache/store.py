@@ -220,7 +220,10 @@ class CacheStore:
         if writer is not None and writer.running:
             async with self._flushing:  # the writer's one sending thread at a time
                 with trio.CancelScope(shield=True):
-                    await trio.to_thread.run_sync(writer.flush, BLOCK_WRITER_FLUSH_TIMEOUT)
+                    stored = await trio.to_thread.run_sync(writer.flush, BLOCK_WRITER_FLUSH_TIMEOUT)
+            if not stored and writer.running:
+                log.warning("cache %s: the block writer has not stored its backlog after %.0f s",
+                            self.directory, BLOCK_WRITER_FLUSH_TIMEOUT)
 
     def send_block(self, name: str, data: bytes | bytearray | memoryview) -> bool:
         """Hand a block to the block writer (from the writer thread); False: store it here instead."""
