@@ -74,6 +74,7 @@ def test_the_child_stores_its_whole_input_before_it_exits(store, tmp_path):
     process = store.block_writer._process  # noqa: SLF001
     store.close()
     assert process.returncode == 0
+    assert store.block_writer.stored == 24 and store.errors == 0  # its last totals, nothing counted lost
     reopened = CacheStore(tmp_path / "cache", NS, size_limit=1 << 30)
     try:
         assert load_all(BlockCache(reopened, BLOCK), bodies) == bodies

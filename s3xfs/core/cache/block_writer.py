@@ -71,6 +71,7 @@ class BlockWriter:
         self._args = [sys.executable, "-P", "-m", "s3xfs.core.cache", COMMAND, str(directory), tag, str(size_limit)]
         self._on_failure = on_failure
         self._process: subprocess.Popen[bytes] | None = None
+        self._replies: threading.Thread | None = None
         self._gone = False
         self._sent_flushes = 0
         self._state = threading.Condition()  # guards the counters below, written by the reply reader
@@ -137,6 +138,8 @@ class BlockWriter:
                         "the blocks it had not stored are fetched again when read", process.pid, timeout)
             process.kill()
             process.wait()
+        if self._replies is not None:
+            self._replies.join(STOP_TIMEOUT)  # its last totals are in before close returns
 
     def _write(self, pieces: list[bytes | bytearray | memoryview]) -> None:
         """Write all of ``pieces`` to the child (blocking: the kernel wakes us once, not per page
@@ -185,8 +188,9 @@ class BlockWriter:
         except OSError:
             pass  # the system's cap is lower: smaller writes, same result
         self._process = process
-        threading.Thread(target=self._read_replies, args=(process,), name="cache block writer replies",
-                         daemon=True).start()
+        self._replies = threading.Thread(target=self._read_replies, args=(process,), name="cache block writer replies",
+                                         daemon=True)
+        self._replies.start()
         return process
 
     def _read_replies(self, process: subprocess.Popen[bytes]) -> None:
@@ -301,6 +305,8 @@ def _serve(directory: Path, tag: str, size_limit: int, stdin: int, reply: Callab
                 reply(f"S {stored} {failed}\n")
             if kind == _FLUSH:
                 reply(f"F {key.decode()}\n")
+        if (stored, failed) != reported:  # the input ended: the daemon's totals are final
+            reply(f"S {stored} {failed}\n")
     finally:
         cache.close()
 
