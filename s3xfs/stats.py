@@ -244,6 +244,15 @@ def _sections(stats: dict[str, Any]) -> list[Section]:
                                  ("disk cache: entries", "entries_restored", "entry_misses")):
             got, lost = meta.get(hit, 0), meta.get(miss, 0)
             rows.append((label, ratio(got, got + lost), f"{count(got)} of {count(got + lost)} restored"))
+        writer = cache.get("block_writer")
+        if writer:
+            if writer.get("in_daemon"):
+                state = "gone: the daemon stores blocks itself (see the log)"
+            elif writer.get("pid"):
+                state = f"pid {writer['pid']}, {count(writer.get('stored', 0))} of {count(writer.get('sent', 0))} blocks stored"
+            else:
+                state = "not started (no block fetched yet)"
+            rows.append(("disk cache: block writer", "-", state))
         if cache.get("errors"):
             rows.append(("disk cache: errors", count(cache["errors"]), "failed cache calls (treated as misses)"))
     sections.append((("Caches", "", ""), rows))

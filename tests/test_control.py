@@ -305,7 +305,8 @@ SAMPLE: dict[str, Any] = {
     "prefetch": {"hits": 11400, "misses": 600},
     "cache": {"directory": "/var/cache/s3xfs", "size_limit": 2**34, "block_size": 2**20,
               "blocks": {"block_hits": 300, "block_misses": 100, "blocks_stored": 100, "blocks_corrupt": 0},
-              "metadata": {"listings_restored": 1, "listing_misses": 1}, "errors": 0},
+              "metadata": {"listings_restored": 1, "listing_misses": 1}, "errors": 0,
+              "block_writer": {"pid": 4250, "in_daemon": False, "sent": 100, "stored": 98}},
     "memory": {"read_buffer_used": 64 * 2**20, "read_buffer_peak": 128 * 2**20, "read_buffer_limit": 256 * 2**20,
                "write_buffer_used": 0, "write_buffer_limit": 128 * 2**20},
     "handles": {"files": 2, "directories": 0, "inodes": 40},
@@ -335,6 +336,18 @@ def test_render_groups_aligns_and_humanises() -> None:
     columns = {row(label).rstrip().rfind(value) + len(value)
                for label, value in (("read", "12,000"), ("GetObject", "420"), ("created", "2"), ("ENOENT", "3"))}
     assert len(columns) == 1, columns
+
+
+def test_render_says_where_blocks_are_stored() -> None:
+    """The block writer's row: its pid and progress, not started, or gone (the daemon stores blocks)."""
+    def writer_row(state: dict | None) -> str | None:
+        sample = {**SAMPLE, "cache": {**SAMPLE["cache"], "block_writer": state}}
+        return next((line for line in render(sample).splitlines() if "disk cache: block writer" in line), None)
+
+    assert "pid 4250, 98 of 100 blocks stored" in writer_row(SAMPLE["cache"]["block_writer"])
+    assert "not started" in writer_row({"pid": None, "in_daemon": False, "sent": 0, "stored": 0})
+    assert "the daemon stores blocks itself" in writer_row({"pid": None, "in_daemon": True, "sent": 5, "stored": 3})
+    assert writer_row(None) is None  # an older daemon's answer: no row
 
 
 def test_render_copes_with_a_minimal_answer() -> None:

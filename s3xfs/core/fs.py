@@ -1209,7 +1209,8 @@ class Filesystem:
         if self.cache is not None and self.blocks is not None and self.metadata is not None:
             cache = {"directory": str(self.cache.directory), "size_limit": self.cache.size_limit,
                      "block_size": self.blocks.block_size, "blocks": self.blocks.counters(),
-                     "metadata": dict(self.metadata.stats), "errors": self.cache.errors}
+                     "metadata": dict(self.metadata.stats), "errors": self.cache.errors,
+                     "block_writer": self.cache.block_writer.state() if self.cache.block_writer is not None else None}
         return {
             "s3": {"requests": client.get("requests", {}), "failures": client.get("failures", {}),
                    "retries": client.get("retries", 0), "bytes_received": client.get("bytes_received", 0),

@@ -59,8 +59,10 @@ def child_pid(store: CacheStore) -> int:
 def test_blocks_go_to_the_child_which_stores_flushes_and_counts_them(store):
     cache = BlockCache(store, BLOCK)
     bodies = blocks_of(6)
+    assert store.block_writer.state() == {"pid": None, "in_daemon": False, "sent": 0, "stored": 0}  # not started
     save_all(cache, bodies)
     assert store.block_writer.running and child_pid(store) != os.getpid()
+    assert store.block_writer.state()["pid"] == child_pid(store)
     assert store.block_writer.flush(30)
     assert load_all(cache, bodies) == bodies
     assert cache.counters()["blocks_stored"] == 6 and cache.stats["blocks_stored"] == 0  # the child stored them
@@ -107,6 +109,7 @@ def test_when_the_child_dies_the_daemon_stores_blocks_itself(store, caplog):
     while store.block_writer.running and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not store.block_writer.running
+    assert store.block_writer.state() == {"pid": None, "in_daemon": True, "sent": 2, "stored": 2}  # s3xfs stats
     with caplog.at_level(logging.WARNING):
         save_all(cache, after, prefix="after")
         save_all(cache, after, prefix="again")

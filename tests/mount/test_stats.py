@@ -108,8 +108,13 @@ def test_a_second_read_from_the_disk_cache_counts_block_hits(server, mount_facto
     args = ("--read-only", "--cache", str(tmp_path / "cache"), "--metadata-ttl", "300")
     mount = mount_factory(server, BUCKET, *args)
     assert (mount.path / "cached.bin").read_bytes() == body
-    first = stats_of(mount.path)["cache"]["blocks"]
+    first_reply = stats_of(mount.path)
+    first = first_reply["cache"]["blocks"]
     assert first.get("block_hits", 0) == 0 and first["block_misses"] >= 4
+    writer = first_reply["cache"]["block_writer"]  # the child storing the fetched blocks
+    assert writer["pid"] and not writer["in_daemon"]  # sent and stored: still catching up
+    assert b"block-writer" in Path(f"/proc/{writer['pid']}/cmdline").read_bytes()
+    assert f"pid {writer['pid']}" in run_stats(str(mount.path)).stdout
     mount.stop()  # the kernel's page cache goes with the mount: the next read reaches the daemon
     server.reset_stats()
     mount = mount_factory(server, BUCKET, *args)
@@ -119,7 +124,10 @@ def test_a_second_read_from_the_disk_cache_counts_block_hits(server, mount_facto
     assert blocks["block_hits"] >= 4 and blocks.get("block_misses", 0) == 0  # 1 MiB blocks of a 3 MiB + 1 file
     assert reply["s3"]["requests"].get("GetObject", 0) == server.stats()["requests"].get("GetObject", 0) == 0
     assert reply["s3"]["bytes_received"] == 0
-    assert "disk cache: data" in run_stats(str(mount.path)).stdout
+    text = run_stats(str(mount.path)).stdout
+    assert "disk cache: data" in text
+    assert reply["cache"]["block_writer"] == {"pid": None, "in_daemon": False, "sent": 0, "stored": 0}
+    assert "not started (no block fetched yet)" in text  # every block came from the disk
 
 
 def _stats_as_nobody(path: Path) -> tuple[int, str]:

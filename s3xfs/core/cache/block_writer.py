@@ -94,6 +94,15 @@ class BlockWriter:
             lost = self.sent - self.stored - self._failed if self._exited else 0
             return self._failed + max(0, lost)
 
+    def state(self) -> dict[str, object]:
+        """For ``s3xfs stats``: the child's pid while it runs, and whether the daemon stores blocks
+        itself ("in the daemon": it could not start, died, or was stuck)."""
+        process = self._process
+        with self._state:
+            return {"pid": process.pid if process is not None and not self._exited else None,
+                    "in_daemon": self._gone or self._exited,
+                    "sent": self.sent, "stored": self.stored}
+
     def send(self, key: str, data: bytes | bytearray | memoryview) -> None:
         """Queue one block for the child; raises :class:`BlockWriterGone` if it cannot take it."""
         name = key.encode()
