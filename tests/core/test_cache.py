@@ -1156,6 +1156,7 @@ def test_access_times_of_hits_are_recorded_in_one_batch_after_the_delay(tmp_path
         with trio.fail_after(15):
             while not transactions:
                 await trio.sleep(0.05)
+        await store.flush()  # the batch seen starting above has committed (flush waits for the writer)
         assert transactions == [3]  # one batch for the three hits
         assert all(access_times()[key] > stored[key] for key in bodies)
 
