@@ -11,6 +11,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from . import __version__
@@ -26,6 +27,9 @@ MIN_PART_SIZE = 1024 * 1024  # below this, per-request overhead dominates reads
 MAX_PART_SIZE = 5 * 1024**3  # S3's part and PUT limit
 MIN_CACHE_BLOCK = 64 * 1024  # below this, per-block bookkeeping costs more than the bytes
 MAX_CACHE_BLOCK = 16 * 1024 * 1024  # above this, one random read caches far more than it asked for
+# Seconds `s3xfs unmount` waits for the daemon to exit: its own unmount waits up to 60 s for the
+# cache's block writer to store its backlog, and 30 s more for the child to end.
+UNMOUNT_WAIT = 120.0
 
 
 class UsageError(Exception):
@@ -290,10 +294,13 @@ def cache_command(args: argparse.Namespace) -> int:
 
 
 def unmount(mountpoint: str) -> int:
+    """Unmount, then wait for the daemon to finish (what its caches hold stored, its block writer
+    ended), so that a script may remove the cache directory or mount again right after."""
     path = Path(mountpoint).absolute()
     if not os.path.ismount(path):
         print(f"s3xfs: {path} is not a mount point", file=sys.stderr)
         return 1
+    daemon = _daemon_of(path)
     tool = shutil.which("fusermount3") or shutil.which("fusermount")
     command = [tool, "-u", str(path)] if tool else ["umount", str(path)]
     result = subprocess.run(command, capture_output=True, text=True)
@@ -301,7 +308,45 @@ def unmount(mountpoint: str) -> int:
         reason = (result.stderr or result.stdout).strip().splitlines()
         print(f"s3xfs: cannot unmount {path}: {reason[-1] if reason else 'unknown error'}", file=sys.stderr)
         return 1
+    if daemon is not None:
+        _wait_for_exit(*daemon)
     return 0
+
+
+def _daemon_of(path: Path) -> tuple[int, str] | None:
+    """The pid and start time of the daemon serving ``path``, if it answers us; else None (an
+    older daemon, another user's mount, or no answer: the unmount then does not wait)."""
+    from .stats import StatsError, ask, find_mount
+
+    try:
+        pid = ask(find_mount(str(path)), timeout=2.0)["identity"]["pid"]
+        return int(pid), _start_time(int(pid))
+    except (StatsError, OSError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _start_time(pid: int) -> str:
+    """A process's start time (field 22 of /proc/PID/stat): tells it apart from a later one with its pid."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+
+
+def _wait_for_exit(pid: int, started: str) -> None:
+    deadline = time.monotonic() + UNMOUNT_WAIT
+    said = False
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return  # gone
+        if state[0] == "Z" or state[19] != started:
+            return  # exited (its parent has yet to reap it), or the pid is another process's now
+        if not said and time.monotonic() > deadline - UNMOUNT_WAIT + 2:
+            print(f"s3xfs: unmounted; waiting for the daemon (pid {pid}) to store what its caches hold",
+                  file=sys.stderr)
+            said = True
+        time.sleep(0.05)
+    print(f"s3xfs: unmounted; the daemon (pid {pid}) is still finishing after {UNMOUNT_WAIT:.0f} s "
+          "and goes on in the background", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import random
@@ -18,7 +17,7 @@ import pytest
 
 from s3xfs.core.cache import store
 from tests.support.localzone import DIRECTORY_BUCKET as BUCKET, SECRET_KEY, LocalZone
-from tests.support.mount import needs_fuse
+from tests.support.mount import block_writers, needs_fuse
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
 MiB = 1024 * 1024
@@ -279,18 +278,6 @@ def test_cache_directory_mistakes_are_one_line_errors(server, tmp_path):
     assert result.returncode == 2 and "power of two" in result.stderr
     result = s3xfs(*base, "--cache", str(tmp_path / "c"), "--max-cache-size", "1M")
     assert result.returncode == 2 and "at least" in result.stderr
-
-
-def block_writers(daemon: int) -> list[int]:
-    """The daemon's children running the cache's block writer."""
-    found = []
-    with contextlib.suppress(OSError):  # a thread may end while we look
-        for task in Path(f"/proc/{daemon}/task").iterdir():
-            with contextlib.suppress(OSError):
-                for pid in (task / "children").read_text().split():
-                    if b"block-writer" in Path(f"/proc/{pid}/cmdline").read_bytes():
-                        found.append(int(pid))
-    return found
 
 
 def running(pid: int) -> bool:

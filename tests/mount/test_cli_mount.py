@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.localzone import DIRECTORY_BUCKET as BUCKET, REGION, LocalZone
-from tests.support.mount import daemon_pids, force_unmount, mount_env, needs_fuse, s3xfs_command
+from tests.support.mount import block_writers, daemon_pids, force_unmount, mount_env, needs_fuse, s3xfs_command
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
 
@@ -48,10 +48,42 @@ def test_mount_detaches_when_ready_and_unmount_ends_it(server, mountpoint):
         assert len(pids) == 1
         assert run("unmount", str(mountpoint)).returncode == 0
         assert not os.path.ismount(mountpoint)
+        assert daemon_pids(mountpoint) == []  # unmount waited for the daemon to exit
+    finally:
+        force_unmount(mountpoint)
+        for pid in daemon_pids(mountpoint):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_unmount_returns_once_the_daemon_and_its_block_writer_are_gone(server, mountpoint, tmp_path):
+    """A script may remove the cache directory or mount again as soon as `s3xfs unmount` returns:
+    the daemon has stored what its caches held and ended its block writer by then."""
+    bodies = {f"f{n}.bin": os.urandom(4 << 20) for n in range(6)}
+    for key, body in bodies.items():
+        server.client().put_object(Bucket=BUCKET, Key=key, Body=body)
+    cache = tmp_path / "cache"
+    args = ("--endpoint-url", server.url, "--region", REGION, "--read-only", "--cache", str(cache))
+    result = run("mount", BUCKET, str(mountpoint), *args)
+    try:
+        assert result.returncode == 0, result.stderr
+        for key, body in bodies.items():
+            assert (mountpoint / key).read_bytes() == body
+        (daemon,) = daemon_pids(mountpoint)
         deadline = time.monotonic() + 10
-        while daemon_pids(mountpoint) and time.monotonic() < deadline:
-            time.sleep(0.1)
+        while not (writers := block_writers(daemon)) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert writers  # the block writer, storing the 24 blocks just fetched
+        done = run("unmount", str(mountpoint))
+        assert done.returncode == 0, done.stderr
         assert daemon_pids(mountpoint) == []
+        assert not any(Path(f"/proc/{pid}/cmdline").exists() and Path(f"/proc/{pid}/cmdline").read_bytes()
+                       for pid in writers)  # gone, not even a zombie with a command line
+        server.reset_stats()
+        result = run("mount", BUCKET, str(mountpoint), *args)
+        assert result.returncode == 0, result.stderr
+        assert all((mountpoint / key).read_bytes() == body for key, body in bodies.items())
+        assert server.stats()["requests"].get("GetObject", 0) == 0  # every block was on disk
+        assert run("unmount", str(mountpoint)).returncode == 0
     finally:
         force_unmount(mountpoint)
         for pid in daemon_pids(mountpoint):

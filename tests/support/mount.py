@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import shutil
@@ -96,6 +98,18 @@ def daemon_pids(mountpoint: Path) -> list[int]:
             if any(b"s3xfs" in arg for arg in cmdline) and str(mountpoint).encode() in cmdline:
                 pids.append(int(entry.name))
     return pids
+
+
+def block_writers(daemon: int) -> list[int]:
+    """The daemon's children running the cache's block writer."""
+    found = []
+    with contextlib.suppress(OSError):  # a thread may end while we look
+        for task in Path(f"/proc/{daemon}/task").iterdir():
+            with contextlib.suppress(OSError):
+                for pid in (task / "children").read_text().split():
+                    if b"block-writer" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        found.append(int(pid))
+    return found
 
 
 def force_unmount(path: Path) -> None:
