@@ -233,9 +233,14 @@ def cpu_seconds(pid: int | None = None) -> float:
     if pid is None:
         t = os.times()
         return t.user + t.system
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
+    fields = _stat_fields(pid)
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name (field 3, the state, is [0])."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return stat.read().rsplit(")", 1)[1].split()
 
 
 def children(pid: int) -> list[int]:
@@ -251,10 +256,8 @@ def children(pid: int) -> list[int]:
 def tree_cpu_seconds(pid: int) -> float:
     """CPU time of a process, of the children it reaped, and of its living children, recursively:
     what a mount costs, its block writer included."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    own = sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime, stime, cutime, cstime
-    total = own
+    fields = _stat_fields(pid)
+    total = sum(int(field) for field in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime, stime, cutime, cstime
     for child in children(pid):
         with contextlib.suppress(OSError):  # exited meanwhile: counted in cutime once reaped
             total += tree_cpu_seconds(child)

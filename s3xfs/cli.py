@@ -320,27 +320,28 @@ def _daemon_of(path: Path) -> tuple[int, str] | None:
 
     try:
         pid = ask(find_mount(str(path)), timeout=2.0)["identity"]["pid"]
-        return int(pid), _start_time(int(pid))
+        return int(pid), _stat_fields(int(pid))[19]
     except (StatsError, OSError, KeyError, TypeError, ValueError):
         return None
 
 
-def _start_time(pid: int) -> str:
-    """A process's start time (field 22 of /proc/PID/stat): tells it apart from a later one with its pid."""
-    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+def _stat_fields(pid: int) -> list[str]:
+    """/proc/PID/stat after the command name: [0] is the state, [19] the start time (field 22),
+    which tells a process apart from a later one given its pid."""
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
 
 
 def _wait_for_exit(pid: int, started: str) -> None:
-    deadline = time.monotonic() + UNMOUNT_WAIT
+    began = time.monotonic()
     said = False
-    while time.monotonic() < deadline:
+    while time.monotonic() - began < UNMOUNT_WAIT:
         try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            fields = _stat_fields(pid)
         except OSError:
             return  # gone
-        if state[0] == "Z" or state[19] != started:
+        if fields[0] == "Z" or fields[19] != started:
             return  # exited (its parent has yet to reap it), or the pid is another process's now
-        if not said and time.monotonic() > deadline - UNMOUNT_WAIT + 2:
+        if not said and time.monotonic() - began > 2:
             print(f"s3xfs: unmounted; waiting for the daemon (pid {pid}) to store what its caches hold",
                   file=sys.stderr)
             said = True

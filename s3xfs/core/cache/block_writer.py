@@ -8,17 +8,19 @@ same epoch with the blocks left unstored, while another process stored as many, 
 
 So the daemon only hands each block over: one ``writev`` of a small header, the cache key and the
 bytes into a pipe (:class:`BlockWriter`, called from the cache's writer thread). The child
-(``python -m s3xfs.core.cache block-writer DIR TAG SIZE_LIMIT``) checksums and stores blocks in the
-order they came, in the same diskcache, which is process-safe, and answers on its stdout:
+(``python -P -m s3xfs.core.cache block-writer DIR TAG SIZE_LIMIT``) checksums and stores blocks in
+the order they came, in the same diskcache, which is process-safe, and answers on its stdout:
 
-* ``S stored failed``: its running totals, whenever it has caught up with its input;
+* ``S stored failed``: its running totals, when it has caught up with its input, at least every
+  ``REPORT_INTERVAL`` while it has not, and when its input ends;
 * ``E kind message``: the first failure of each kind (a cache problem is a miss, never an error);
 * ``F seq``: everything sent before flush request ``seq`` is stored.
 
-The child holds no file descriptor but its pipes (nothing of ``/dev/fuse``), ignores SIGINT and
-SIGTERM (a Ctrl-C or ``systemctl stop`` reaching the whole group must not drop what is queued) and
-exits once its input ends: when the daemon closes it at unmount, or dies. If the child cannot be
-started or goes away, the daemon stores blocks itself, as before.
+The child holds no file descriptor but its pipes (nothing of ``/dev/fuse``), runs in a session of
+its own, ignores ``IGNORED_SIGNALS`` (a Ctrl-C or ``systemctl stop`` reaching the whole group must
+not drop what is queued) and exits once its input ends: when the daemon closes it at unmount, or
+dies. If the child cannot be started, goes away or takes nothing for ``SEND_TIMEOUT``, the daemon
+stores blocks itself, as before.
 """
 
 from __future__ import annotations
